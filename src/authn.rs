@@ -1,0 +1,179 @@
+//! Authentication phase: from the request's `Authorization` header to a verified principal
+//! (SPEC §4 items 3-4). Extraction is `token::extract`, the JOSE rules are `token::jwt`, keys come
+//! from `token::jwks`; this file only decides which issuer applies and maps every failure to the
+//! `Rejection` a client sees.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use tokio::sync::watch;
+
+use crate::config::{AuthMode, Config, Route};
+use crate::rejection::Rejection;
+use crate::token::claims::Claims;
+use crate::token::extract::{self, Credential};
+use crate::token::jwks::IssuerKeys;
+use crate::token::jwt::{self, JwtError};
+
+/// How long a client is told to wait when an issuer's keys are unavailable.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// A caller whose token passed every check of SPEC §4.4.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: Claims,
+    /// Index into `Config::issuers`.
+    pub issuer: usize,
+    /// `"jwt"` (introspection and DPoP come later).
+    pub auth: &'static str,
+}
+
+/// Who the caller is, as far as the route needed to know.
+#[derive(Debug)]
+pub enum Principal {
+    /// A public route, or an optional one without a token: no identity is forwarded.
+    Anonymous,
+    Token(Verified),
+}
+
+/// The key state of every configured issuer, in config order, and the background tasks that keep
+/// it fresh. Dropping it stops the tasks.
+pub struct Issuers {
+    keys: Vec<Arc<IssuerKeys>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Issuers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.issuer().id))
+            .finish()
+    }
+}
+
+impl Issuers {
+    /// Builds the per-issuer state and starts the refresh tasks (must run inside a tokio runtime).
+    pub fn start(config: &Config) -> Result<Issuers, String> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut keys = Vec::with_capacity(config.issuers.len());
+        for issuer in &config.issuers {
+            let state = IssuerKeys::new(issuer.clone())
+                .map_err(|e| format!("issuer {}: {e}", issuer.id))?;
+            tokio::spawn(state.clone().run(stop_rx.clone()));
+            keys.push(state);
+        }
+        Ok(Issuers { keys, stop })
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<IssuerKeys>> {
+        self.keys.get(index)
+    }
+
+    /// Ids of issuers without a usable key set yet.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| !k.is_ready())
+            .map(|k| k.issuer().id.clone())
+            .collect()
+    }
+}
+
+impl Drop for Issuers {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Runs extraction and verification for `route`.
+pub async fn authenticate(
+    route: &Route,
+    headers: &HeaderMap,
+    config: &Config,
+    issuers: &Issuers,
+) -> Result<Principal, Rejection> {
+    if route.auth == AuthMode::Public {
+        return Ok(Principal::Anonymous);
+    }
+    let token = match extract::extract(headers) {
+        Err(error) => return Err(Rejection::bad_request(error.description())),
+        Ok(Credential::None) if route.auth == AuthMode::Optional => {
+            return Ok(Principal::Anonymous)
+        }
+        Ok(Credential::None) => return Err(Rejection::MissingToken),
+        Ok(Credential::Bearer(token)) => token,
+        Ok(Credential::Dpop(_)) => {
+            return Err(invalid(
+                "malformed",
+                "DPoP-bound tokens are not supported yet".into(),
+            ))
+        }
+    };
+    if token.len() > config.server.max_token_bytes {
+        return Err(invalid("malformed", "token exceeds max_token_bytes".into()));
+    }
+    let parsed = jwt::parse(token).map_err(reject)?;
+    let index = select_issuer(route, config, parsed.unverified_issuer())?;
+    let state = issuers.get(index).ok_or_else(|| reject(JwtError::NoKeys))?;
+    let now = unix_now();
+    let claims = match jwt::verify(&parsed, state.keys().as_deref(), state.issuer(), now) {
+        Err(JwtError::UnknownKid) => {
+            // A rotation the periodic refresh has not seen yet; at most one fetch per
+            // jwks_min_refresh, and never a wait on someone else's refresh.
+            let fresh = state
+                .refresh_for_unknown_kid()
+                .await
+                .ok_or_else(|| reject(JwtError::UnknownKid))?;
+            jwt::verify(&parsed, Some(&fresh), state.issuer(), unix_now()).map_err(reject)?
+        }
+        other => other.map_err(reject)?,
+    };
+    Ok(Principal::Token(Verified {
+        claims,
+        issuer: index,
+        auth: "jwt",
+    }))
+}
+
+/// The token's `iss` picks the issuer (exact match); the route's `issuers` list restricts which
+/// are accepted. Signature and every other claim are checked afterwards with that issuer's keys,
+/// so a token claiming issuer B but signed by A's key fails there.
+fn select_issuer(route: &Route, config: &Config, iss: Option<&str>) -> Result<usize, Rejection> {
+    let iss = iss.ok_or_else(|| invalid("wrong_issuer", "token has no iss claim".into()))?;
+    let index = config
+        .issuers
+        .iter()
+        .position(|i| i.issuer == iss)
+        .ok_or_else(|| reject(JwtError::WrongIssuer))?;
+    match &route.issuers {
+        Some(allowed) if !allowed.contains(&index) => Err(invalid(
+            "wrong_issuer",
+            "token issuer is not accepted on this route".into(),
+        )),
+        _ => Ok(index),
+    }
+}
+
+fn reject(error: JwtError) -> Rejection {
+    match error {
+        JwtError::NoKeys => Rejection::Unavailable {
+            description: "the issuer's signing keys are not available".into(),
+            retry_after_secs: RETRY_AFTER_SECS,
+        },
+        other => invalid(other.reason(), other.description().into()),
+    }
+}
+
+fn invalid(reason: &'static str, description: std::borrow::Cow<'static, str>) -> Rejection {
+    Rejection::InvalidToken {
+        reason,
+        description,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

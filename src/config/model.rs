@@ -1,0 +1,331 @@
+//! The compiled configuration: typed, validated values built once at load time.
+//!
+//! Everything the request path reads lives here in its final form (socket addresses, `HeaderName`s,
+//! durations, CIDRs, the route table), so no request ever parses a string from the config file.
+//! Building these values from TOML is `load.rs`'s job; this file only declares them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use ipnet::IpNet;
+
+/// One complete, immutable configuration generation. A reload builds a new one and swaps it in.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was loaded from, as given on the command line (for messages).
+    pub source: PathBuf,
+    pub server: Server,
+    pub admin: Option<Admin>,
+    pub upstream: Upstream,
+    pub issuers: Vec<Issuer>,
+    pub dpop: Dpop,
+    pub userinfo: Userinfo,
+    pub identity: Identity,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub realm: String,
+    pub max_header_bytes: usize,
+    pub max_token_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// Lower-cased, with `_` replaced by `-`, so a request header name normalized the same way can
+    /// be compared with `starts_with`.
+    pub strip_header_prefixes: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Scheme + authority (no path), e.g. `https://api.example.com`.
+    pub public_base_url: Option<String>,
+    pub allow_path_parameters: bool,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    /// Default target of every route without its own `upstream`.
+    pub target: Arc<UpstreamTarget>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where requests go. The configured URL must be an origin (`scheme://host[:port]`, optional `/`):
+/// the forwarded path is always the normalized request path, never rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// `scheme://authority`, the default `aud` of identity assertions.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Algorithm {
+    pub const DEFAULT: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// The JOSE name, exactly as it appears in a token header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Exact, case-sensitive JOSE name lookup (`none` and unknown names give `None`).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub const ALL: [Algorithm; 12] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+    ];
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
+
+/// A secret string from the config file: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    pub id: String,
+    /// Exactly as configured; a token's `iss` must equal it byte for byte.
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub clock_skew: Duration,
+    pub fetch_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow_any_audience: bool,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refresh: Duration,
+    /// Lower-cased, without an `application/` prefix.
+    pub require_typ: Option<String>,
+    pub allow_http: bool,
+    pub hmac_secret: Option<Secret>,
+    pub introspection: Option<Introspection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub endpoint: Option<String>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: ClientAuthMethod,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct Dpop {
+    pub algorithms: Vec<Algorithm>,
+    pub max_age: Duration,
+    pub replay_cache_entries: usize,
+    pub require_nonce: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Deny,
+    Proceed,
+}
+
+#[derive(Debug)]
+pub struct Userinfo {
+    pub cache_ttl: Duration,
+    pub max_entries: usize,
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
+#[derive(Debug)]
+pub struct Identity {
+    pub header: HeaderName,
+    pub issuer: String,
+    pub signing_key: Option<PathBuf>,
+    pub key_id: Option<String>,
+    pub previous_keys: Vec<PathBuf>,
+    pub ttl: Duration,
+    pub claims: Vec<String>,
+    pub forward_token: bool,
+    pub bind_request: bool,
+    /// `[identity.headers]` in file order: header name -> claim name (or JSON Pointer).
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Public,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// `path`: the normalized request path must equal it.
+    Exact(String),
+    /// `path_prefix`, stored without a trailing `/` (empty for `/`): segment-aware.
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMatch {
+    /// Lower-cased host name without port.
+    pub name: String,
+    /// Only compared when the rule names a port.
+    pub port: Option<u16>,
+}
+
+impl HostMatch {
+    /// `host` is the request's `Host` / `:authority` value as received.
+    pub fn matches(&self, host: &str) -> bool {
+        let (name, port) = split_host_port(host);
+        name.eq_ignore_ascii_case(&self.name) && (self.port.is_none() || self.port == port)
+    }
+}
+
+/// Splits `host[:port]` (IPv6 literals in brackets) without allocating.
+pub fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some(end) = rest.find(']') {
+            let port = rest[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (&host[..end + 2], port);
+        }
+        return (host, None);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => (name, port.parse().ok()),
+        None => (host, None),
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub id: Arc<str>,
+    pub path: PathMatch,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<HostMatch>,
+    pub auth: AuthMode,
+    /// Indices into `Config::issuers`; `None`: every issuer.
+    pub issuers: Option<Vec<usize>>,
+    pub scopes: Vec<String>,
+    pub userinfo: bool,
+    pub userinfo_max_age: Option<Duration>,
+    pub upstream: Option<Arc<UpstreamTarget>>,
+    pub audience: Option<String>,
+    pub require_sender_constrained: bool,
+    /// Claim rules, compiled (issue: policies). Kept as validated raw values until then.
+    pub claims: Vec<crate::config::raw::ClaimRule>,
+    pub any_of: Vec<crate::config::raw::AnyOf>,
+    /// Line of the `[[route]]` header, for shadowing warnings.
+    pub line: usize,
+}
+
+impl Route {
+    pub fn matches(&self, path: &str, method: &Method, host: Option<&str>) -> bool {
+        self.path.matches(path)
+            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|h| host.is_some_and(|v| h.matches(v)))
+    }
+}

@@ -1,0 +1,4 @@
+//! The identity forwarded upstream (SPEC §5). For now: the plain claim headers of
+//! `[identity.headers]`; the signed assertion joins them here.
+
+pub mod headers;

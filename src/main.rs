@@ -1,0 +1,152 @@
+//! Command line only: parse arguments, then hand over to the library.
+//! Exit codes (SPEC §2): 0 ok, 1 invalid configuration or failure at start, 2 bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+
+use tokengate::config;
+use tokengate::gateway::Gateway;
+use tokengate::server::{self, Listeners};
+use tokengate::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Authenticating reverse proxy: verifies OAuth 2.0 / OIDC access tokens, enforces \
+             per-route claim policies and forwards a signed identity to the upstream.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (logs go to stderr; SIGTERM/SIGINT drain in-flight requests and exit 0).
+    Serve(ConfigArg),
+    /// Validate the configuration without serving: exit 0 with a summary, or exit 1 with every
+    /// problem as FILE:LINE: KEY.PATH: message.
+    Check(ConfigArg),
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        short = 'c',
+        env = "TOKENGATE_CONFIG",
+        default_value = "tokengate.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Serve(args) => serve(&args.config),
+    }
+}
+
+/// Loads the configuration, printing every problem; `None` when it is invalid.
+fn load(path: &Path) -> Option<config::Loaded> {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Some(loaded)
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!(
+                "{}: {} problem(s) found; the configuration was not loaded",
+                path.display(),
+                problems.len()
+            );
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Some(loaded) => {
+            println!("{}: OK", path.display());
+            print!("{}", config::summary(&loaded.config));
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(1),
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    telemetry::init();
+    let Some(loaded) = load(path) else {
+        return ExitCode::from(1);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let config = Arc::new(loaded.config);
+        let gateway = match Gateway::new(config.clone()) {
+            Ok(g) => g,
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                return ExitCode::from(1);
+            }
+        };
+        let admin = config.admin.as_ref().map(|a| a.listen);
+        let listeners = match Listeners::bind(config.server.listen, admin).await {
+            Ok(l) => l,
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::from(1);
+            }
+        };
+        let admin_addr = listeners.admin_addr().map(|a| a.to_string());
+        tracing::info!(
+            listen = %listeners.main_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin = admin_addr.as_deref(),
+            routes = config.routes.len(),
+            "tokengate serving"
+        );
+        let shared = Arc::new(ArcSwap::from_pointee(gateway));
+        server::run(listeners, shared, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C in development).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

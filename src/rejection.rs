@@ -1,0 +1,250 @@
+//! Every error a client can see, in one place.
+//!
+//! Phases return a `Rejection` naming *what* went wrong; only `into_response` decides the status,
+//! the `WWW-Authenticate` challenge and the JSON body. Details that help an operator go to the
+//! access log through `reason()` and `detail`, never anything derived from a token's bytes.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// 400 `invalid_request`. `close` asks for the connection to be closed (framing problems:
+    /// nothing after this request can be trusted to start where it seems to).
+    BadRequest {
+        description: Cow<'static, str>,
+        close: bool,
+    },
+    /// 431: the request head exceeds `max_header_bytes`.
+    HeaderTooLarge,
+    /// 404 `no_route`.
+    NoRoute,
+    /// 401 without an `error` attribute (RFC 6750 §3.1).
+    MissingToken,
+    /// 401 `invalid_token`; `reason` is the metrics/log label.
+    InvalidToken {
+        reason: &'static str,
+        description: Cow<'static, str>,
+    },
+    /// 403 `insufficient_scope`, `scope` lists the route's required scopes.
+    InsufficientScope { scope: String },
+    /// 403 `access_denied`; names the route, never a claim value.
+    AccessDenied { route: String },
+    /// 503 `temporarily_unavailable` with `Retry-After`.
+    Unavailable {
+        description: Cow<'static, str>,
+        retry_after_secs: u32,
+    },
+    /// 502 `bad_gateway`.
+    BadGateway,
+    /// 504 `gateway_timeout`.
+    GatewayTimeout,
+}
+
+impl Rejection {
+    pub fn bad_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Rejection::BadRequest {
+            description: description.into(),
+            close: false,
+        }
+    }
+
+    /// A framing problem: answer 400 and close the connection.
+    pub fn bad_framing(description: &'static str) -> Self {
+        Rejection::BadRequest {
+            description: Cow::Borrowed(description),
+            close: true,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Rejection::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::MissingToken | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::InsufficientScope { .. } | Rejection::AccessDenied { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::BadGateway => StatusCode::BAD_GATEWAY,
+            Rejection::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The label used in the access log and in `tokengate_auth_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest { .. } => "bad_request",
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::NoRoute => "no_route",
+            Rejection::MissingToken => "missing_token",
+            Rejection::InvalidToken { reason, .. } => reason,
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::AccessDenied { .. } => "access_denied",
+            Rejection::Unavailable { .. } => "unavailable",
+            Rejection::BadGateway => "bad_gateway",
+            Rejection::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    fn error_code(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest { .. } => "invalid_request",
+            Rejection::HeaderTooLarge => "request_header_fields_too_large",
+            Rejection::NoRoute => "no_route",
+            Rejection::MissingToken => "missing_token",
+            Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::AccessDenied { .. } => "access_denied",
+            Rejection::Unavailable { .. } => "temporarily_unavailable",
+            Rejection::BadGateway => "bad_gateway",
+            Rejection::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    fn description(&self) -> Cow<'_, str> {
+        match self {
+            Rejection::BadRequest { description, .. } => Cow::Borrowed(description),
+            Rejection::HeaderTooLarge => Cow::Borrowed("request head exceeds the size limit"),
+            Rejection::NoRoute => Cow::Borrowed("no route matches this request"),
+            Rejection::MissingToken => Cow::Borrowed("a bearer token is required"),
+            Rejection::InvalidToken { description, .. } => Cow::Borrowed(description),
+            Rejection::InsufficientScope { scope } => {
+                Cow::Owned(format!("the token lacks a required scope ({scope})"))
+            }
+            Rejection::AccessDenied { route } => {
+                Cow::Owned(format!("access to route '{route}' is denied by its policy"))
+            }
+            Rejection::Unavailable { description, .. } => Cow::Borrowed(description),
+            Rejection::BadGateway => Cow::Borrowed("the upstream could not be reached"),
+            Rejection::GatewayTimeout => Cow::Borrowed("the upstream did not answer in time"),
+        }
+    }
+
+    /// Whether the connection must be closed after this answer.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Rejection::BadRequest { close: true, .. })
+    }
+
+    /// Renders the answer: status, `WWW-Authenticate` where RFC 6750 wants one, JSON body.
+    pub fn into_response(&self, realm: &str) -> Response<Full<Bytes>> {
+        let description = self.description();
+        let body = serde_json::json!({
+            "error": self.error_code(),
+            "error_description": description,
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let challenge = match self {
+            Rejection::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
+            Rejection::InvalidToken { .. } => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(&description)
+            )),
+            Rejection::InsufficientScope { scope } => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(scope)
+            )),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+        if let Rejection::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if self.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Makes text safe inside an RFC 7235 quoted-string: `"` and `\` are dropped and anything that is
+/// not visible ASCII or space becomes `?` (descriptions are ours, but keep the header valid).
+fn quoted(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != '"' && *c != '\\')
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(r: &Rejection) -> Option<String> {
+        r.into_response("tokengate")
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_attribute() {
+        assert_eq!(
+            challenge(&Rejection::MissingToken).as_deref(),
+            Some("Bearer realm=\"tokengate\"")
+        );
+    }
+
+    #[test]
+    fn invalid_token_challenge_carries_error_and_description() {
+        let r = Rejection::InvalidToken {
+            reason: "expired",
+            description: "token \"expired\"".into(),
+        };
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            challenge(&r).as_deref(),
+            Some("Bearer realm=\"tokengate\", error=\"invalid_token\", error_description=\"token expired\"")
+        );
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_required_scopes() {
+        let r = Rejection::InsufficientScope {
+            scope: "orders:read orders:write".into(),
+        };
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            challenge(&r).as_deref(),
+            Some("Bearer realm=\"tokengate\", error=\"insufficient_scope\", scope=\"orders:read orders:write\"")
+        );
+    }
+
+    #[test]
+    fn unavailable_sets_retry_after_and_json_body() {
+        let r = Rejection::Unavailable {
+            description: "issuer keys unavailable".into(),
+            retry_after_secs: 5,
+        };
+        let resp = r.into_response("tokengate");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[RETRY_AFTER], "5");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn framing_rejection_closes_the_connection() {
+        let resp = Rejection::bad_framing("bad framing").into_response("r");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[CONNECTION], "close");
+    }
+}

@@ -1,0 +1,254 @@
+//! Header hygiene, both directions (SPEC §4.2).
+//!
+//! Request side, before anything of ours is added: hop-by-hop headers and the ones the client
+//! names in `Connection` go; so does anything that could pass for identity we assert (the
+//! assertion header, every `[identity.headers]` name, `strip_header_prefixes`), compared
+//! case-insensitively and with `_` read as `-`, because some servers (CGI, nginx with
+//! `underscores_in_headers`) map `X_Auth_Subject` onto `X-Auth-Subject`. `X-Forwarded-*` is
+//! rebuilt from what the proxy saw unless the peer is a trusted proxy. Response side: hop-by-hop
+//! headers of the upstream's connection are not passed on.
+//!
+//! The rules are compiled once per configuration into `ScrubRules`; the per-request work is one
+//! pass over the header names.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::config::Config;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = header::FORWARDED;
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static DPOP: HeaderName = HeaderName::from_static("dpop");
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 plus the legacy ones proxies still see.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+/// What to strip from requests, compiled from one configuration.
+#[derive(Debug)]
+pub struct ScrubRules {
+    /// Lower-case, `_` replaced by `-`: the assertion header and every `[identity.headers]` name.
+    identity_names: Vec<String>,
+    /// Same normalization as `identity_names`.
+    prefixes: Vec<String>,
+    forward_token: bool,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl ScrubRules {
+    pub fn new(config: &Config) -> Self {
+        let identity = &config.identity;
+        Self::with(
+            std::iter::once(&identity.header).chain(identity.headers.iter().map(|(name, _)| name)),
+            config.server.strip_header_prefixes.clone(),
+            identity.forward_token,
+            config.server.trusted_proxies.clone(),
+        )
+    }
+
+    /// `prefixes` must already be lower-case with `_` as `-` (the config loader does that).
+    pub fn with<'a>(
+        identity_headers: impl IntoIterator<Item = &'a HeaderName>,
+        prefixes: Vec<String>,
+        forward_token: bool,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
+        ScrubRules {
+            identity_names: identity_headers
+                .into_iter()
+                .map(|name| canonical(name.as_str()))
+                .collect(),
+            prefixes,
+            forward_token,
+            trusted_proxies,
+        }
+    }
+
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Whether a request header name is one a client must never be able to send upstream.
+    fn is_spoofable(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        // Fast path: names without `_` are already canonical (HeaderName is lower-case).
+        let canon;
+        let name = if name.contains('_') {
+            canon = canonical(name);
+            canon.as_str()
+        } else {
+            name
+        };
+        self.identity_names.iter().any(|n| n == name)
+            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+}
+
+fn canonical(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// How the proxy itself saw the request, for `X-Forwarded-*`.
+pub struct Forwarding<'a> {
+    pub peer: IpAddr,
+    /// `http` or `https`: the listener's scheme.
+    pub scheme: &'static str,
+    /// The request's `Host` (HTTP/1) or `:authority` (HTTP/2).
+    pub host: Option<&'a str>,
+    /// Keep `Upgrade` and `Connection: upgrade` (an authorized WebSocket request).
+    pub upgrade: bool,
+}
+
+/// Scrubs a request's headers in place (SPEC §4.2). `X-Request-Id` is handled by `request_id`.
+pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwarding<'_>) {
+    let trusted = rules.is_trusted_proxy(view.peer);
+    let upgrade_value = if view.upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let mut doomed: Vec<HeaderName> = connection_named(headers);
+    for name in headers.keys() {
+        let forwarded = name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == FORWARDED;
+        let token = name == header::AUTHORIZATION || name == DPOP;
+        if is_hop_by_hop(name)
+            || rules.is_spoofable(name)
+            || (token && !rules.forward_token)
+            || (forwarded && !trusted)
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+
+    // X-Forwarded-For: the chain from a trusted proxy plus its address, else just the peer.
+    let peer = HeaderValue::from_str(&view.peer.to_canonical().to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let chain = if trusted {
+        joined(headers, &X_FORWARDED_FOR)
+            .map(|prior| format!("{prior}, {}", view.peer.to_canonical()))
+    } else {
+        None
+    };
+    match chain.and_then(|c| HeaderValue::try_from(c).ok()) {
+        Some(value) => headers.insert(X_FORWARDED_FOR.clone(), value),
+        None => headers.insert(X_FORWARDED_FOR.clone(), peer),
+    };
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(view.scheme),
+        );
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = view.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    if let Some(upgrade) = upgrade_value {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Scrubs an upstream response's headers in place: its hop-by-hop headers are not ours to pass on
+/// (a `101 Switching Protocols` keeps `Upgrade` and `Connection`).
+pub fn response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
+    let mut doomed = connection_named(headers);
+    for name in headers.keys() {
+        if is_hop_by_hop(name)
+            && !(switching_protocols && (name == header::UPGRADE || name == header::CONNECTION))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+/// Headers named in any `Connection` header (RFC 9110 §7.6.1), except `upgrade`/`close`/
+/// `keep-alive` tokens, which name options rather than headers.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if name != header::UPGRADE && name != KEEP_ALIVE && token != "close" {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// All values of a header joined with `, ` (several `X-Forwarded-For` lines are one list).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in headers.get_all(name) {
+        let value = value.to_str().ok()?.trim();
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(value);
+            }
+            None => out = Some(value.to_owned()),
+        }
+    }
+    out
+}
+
+/// The request's id: the client's `X-Request-Id` when there is exactly one and it is 1-128
+/// visible ASCII characters, else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        let bytes = value.as_bytes();
+        if (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            return value.clone();
+        }
+    }
+    generate_request_id()
+}
+
+/// 32 hex characters: a per-process random prefix and a counter, unique without a syscall per
+/// request (ids need to be unique, not secret).
+fn generate_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // A failed getrandom leaves zeros: ids stay unique within the process.
+        let _ = getrandom::getrandom(&mut bytes);
+        u64::from_le_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{prefix:016x}{n:016x}");
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::HeaderMap;
+
+use super::{extract, Credential, ExtractError};
+
+fn headers(values: &[&[u8]]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for v in values {
+        map.append(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(v).expect("valid header value"),
+        );
+    }
+    map
+}
+
+/// One `Authorization` header value and what `extract` must make of it.
+const SINGLE: &[(&[u8], Result<Credential<'static>, ExtractError>)] = &[
+    (b"Bearer abc", Ok(Credential::Bearer("abc"))),
+    (b"bearer abc", Ok(Credential::Bearer("abc"))),
+    (b"BEARER abc", Ok(Credential::Bearer("abc"))),
+    (b"bEaReR abc", Ok(Credential::Bearer("abc"))),
+    (b"Bearer     abc", Ok(Credential::Bearer("abc"))),
+    (
+        b"Bearer eyJ.eyJ.c2ln",
+        Ok(Credential::Bearer("eyJ.eyJ.c2ln")),
+    ),
+    (b"Bearer a-b._~+/c9Z", Ok(Credential::Bearer("a-b._~+/c9Z"))),
+    (b"Bearer abc==", Ok(Credential::Bearer("abc=="))),
+    (b"DPoP abc", Ok(Credential::Dpop("abc"))),
+    (b"dpop abc", Ok(Credential::Dpop("abc"))),
+    (b"DPOP  abc", Ok(Credential::Dpop("abc"))),
+    // Other schemes are none of our business.
+    (b"Basic dXNlcjpwYXNz", Ok(Credential::None)),
+    (b"Basic", Ok(Credential::None)),
+    (b"Digest username=\"a\", realm=\"b\"", Ok(Credential::None)),
+    (b"Basic \xff\xfe", Ok(Credential::None)),
+    (b"Bearerxyz", Ok(Credential::None)),
+    (b"Bearer=abc", Ok(Credential::None)),
+    (b"DPoPabc", Ok(Credential::None)),
+    // Broken bearer / DPoP credentials.
+    (b"Bearer", Err(ExtractError::Malformed)),
+    (b"Bearer ", Err(ExtractError::Malformed)),
+    (b"Bearer    ", Err(ExtractError::Malformed)),
+    (b"DPoP", Err(ExtractError::Malformed)),
+    (b"Bearer\tabc", Err(ExtractError::Malformed)),
+    (b"Bearer \tabc", Err(ExtractError::Malformed)),
+    (b"Bearer abc\t", Err(ExtractError::Malformed)),
+    (b"Bearer abc ", Err(ExtractError::Malformed)),
+    (b"Bearer abc def", Err(ExtractError::Malformed)),
+    (b"Bearer abc,def", Err(ExtractError::Malformed)),
+    (b"Bearer abc, Basic xyz", Err(ExtractError::Malformed)),
+    (b"Bearer ==", Err(ExtractError::Malformed)),
+    (b"Bearer abc=def", Err(ExtractError::Malformed)),
+    (b"Bearer a%2Fb", Err(ExtractError::Malformed)),
+    (b"Bearer \"abc\"", Err(ExtractError::Malformed)),
+    (b"Bearer ab\xc3\xa7", Err(ExtractError::Malformed)),
+    (b"DPoP abc!", Err(ExtractError::Malformed)),
+    // Not a credentials production at all.
+    (b"", Err(ExtractError::Malformed)),
+    (b" Bearer abc", Err(ExtractError::Malformed)),
+];
+
+#[test]
+fn single_header_table() {
+    for (value, want) in SINGLE {
+        let map = headers(&[value]);
+        assert_eq!(
+            extract(&map),
+            *want,
+            "Authorization: {:?}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+#[test]
+fn no_header_is_no_credential() {
+    assert_eq!(extract(&HeaderMap::new()), Ok(Credential::None));
+}
+
+#[test]
+fn several_headers_are_refused_whatever_their_schemes() {
+    let cases: &[&[&[u8]]] = &[
+        &[b"Bearer abc", b"Bearer abc"],
+        &[b"Bearer abc", b"Bearer def"],
+        &[b"Basic dXNlcjpwYXNz", b"Bearer abc"],
+        &[b"Basic a", b"Basic b"],
+        &[b"Bearer abc", b"", b"DPoP x"],
+    ];
+    for values in cases {
+        assert_eq!(
+            extract(&headers(values)),
+            Err(ExtractError::SeveralAuthorization),
+            "{values:?}"
+        );
+    }
+}
+
+#[test]
+fn descriptions_do_not_echo_the_header() {
+    for e in [ExtractError::SeveralAuthorization, ExtractError::Malformed] {
+        assert!(!e.description().is_empty());
+        assert!(e.description().is_ascii());
+        assert_eq!(e.to_string(), e.description());
+    }
+}

@@ -1,0 +1,192 @@
+//! Test support: an in-process echo upstream, the proxy started in-process from a TOML string,
+//! and small HTTP/1.1, HTTP/2 and raw-TCP clients. Everything listens on 127.0.0.1:0 and stops
+//! when its handle is dropped.
+#![allow(dead_code)]
+
+pub mod echo;
+pub mod issuer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use tokengate::gateway::Gateway;
+use tokengate::server::{self, Listeners};
+
+/// A running in-process proxy; dropping it shuts it down.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Loads `toml` (written to a temp dir so relative paths and `check` semantics are real) and
+    /// serves it. `listen` addresses should use port 0.
+    pub async fn start(toml: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokengate.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let loaded = match tokengate::config::load_file(&path) {
+            Ok(l) => l,
+            Err(problems) => panic!(
+                "test config invalid:\n{}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        };
+        let config = Arc::new(loaded.config);
+        let gateway = Gateway::new(config.clone()).expect("gateway");
+        let listeners = Listeners::bind(
+            config.server.listen,
+            config.admin.as_ref().map(|a| a.listen),
+        )
+        .await
+        .expect("bind");
+        let addr = listeners.main_addr().expect("addr");
+        let admin = listeners.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let shared = Arc::new(ArcSwap::from_pointee(gateway));
+        let task = tokio::spawn(server::run(listeners, shared, async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            admin,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A minimal config: `listen` on an ephemeral port, the given upstream, then `extra` TOML.
+pub fn config(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"http://{upstream}\"\ntimeout = \"2s\"\n\n{extra}"
+    )
+}
+
+/// A response with its body collected.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn collect(response: Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// HTTP/1.1 client request (the `http` crate's builder; the URI must be absolute).
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    collect(client.request(req).await.expect("request")).await
+}
+
+/// GET with extra headers over HTTP/1.1.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(req.body(Full::new(Bytes::new())).expect("request")).await
+}
+
+/// A request over HTTP/2 with prior knowledge (h2c).
+pub async fn send_h2(req: Request<Full<Bytes>>) -> Answer {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    collect(client.request(req).await.expect("request")).await
+}
+
+/// Writes raw bytes, then reads until the server closes or `wait` passes. Returns what was read
+/// and whether the connection was closed by the server.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The status code of the first response in a raw HTTP/1 answer.
+pub fn raw_status(answer: &str) -> Option<u16> {
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok())
+}
+
+/// Connects a raw h1 socket wrapped for hyper (for upgrade tests).
+pub async fn connect(addr: SocketAddr) -> TokioIo<TcpStream> {
+    TokioIo::new(TcpStream::connect(addr).await.expect("connect"))
+}
