@@ -19,6 +19,7 @@
 
 pub mod authn;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod gateway;
 pub mod identity;

@@ -33,6 +33,9 @@ enum Command {
     /// Validate the configuration without serving: exit 0 with a summary, or exit 1 with every
     /// problem as FILE:LINE: KEY.PATH: message.
     Check(ConfigArg),
+    /// Zero-setup local trial (NOT for production): starts a development issuer, an echo
+    /// upstream and the proxy on loopback, and prints a token and curl commands to try.
+    Demo,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Serve(args) => serve(&args.config),
+        Command::Demo => demo(),
     }
 }
 
@@ -90,20 +94,40 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    telemetry::init();
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    match runtime.block_on(tokengate::demo::run(shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("demo failed to start: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn serve(path: &Path) -> ExitCode {
     telemetry::init();
     let Some(loaded) = load(path) else {
         return ExitCode::from(1);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     runtime.block_on(async move {
         let config = Arc::new(loaded.config);
