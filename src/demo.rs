@@ -223,11 +223,7 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), 
             .join("\n")
     })?;
     let config = Arc::new(loaded.config);
-    let listeners = Listeners::bind(
-        config.server.listen,
-        config.admin.as_ref().map(|a| a.listen),
-    )
-    .await?;
+    let listeners = Listeners::bind(&config).await?;
     let proxy = listeners.main_addr().ok_or("no listen address")?;
     let admin = listeners.admin_addr();
     let gateway = Gateway::new(config)?;

@@ -55,6 +55,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Set on HTTP/1 connections: what the framing guard saw in each request head.
     pub head_flags: Option<Arc<HeadFlags>>,
+    /// base64url SHA-256 of the TLS client certificate, when one was presented (RFC 8705).
+    pub client_cert: Option<String>,
     /// Index of the next request on this connection (HTTP/1 dispatches in order).
     next_request: AtomicU64,
 }
@@ -65,8 +67,19 @@ impl ConnInfo {
             peer,
             scheme,
             head_flags,
+            client_cert: None,
             next_request: AtomicU64::new(0),
         }
+    }
+
+    pub fn with_head_flags(mut self, flags: Arc<HeadFlags>) -> Self {
+        self.head_flags = Some(flags);
+        self
+    }
+
+    pub fn with_client_cert(mut self, thumbprint: Option<String>) -> Self {
+        self.client_cert = thumbprint;
+        self
     }
 }
 

@@ -138,8 +138,7 @@ fn serve(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let admin = config.admin.as_ref().map(|a| a.listen);
-        let listeners = match Listeners::bind(config.server.listen, admin).await {
+        let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(error) => {
                 eprintln!("{error}");

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod framing_guard;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,27 +23,34 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::Config;
 use crate::gateway::{ConnInfo, Gateway};
 use framing_guard::{FramingGuard, HeadFlags};
 
 /// hyper needs its read buffer to be at least this large.
 const HYPER_MIN_BUF: usize = 8192;
 
-/// The sockets, bound before anything else starts so that "port in use" fails the start.
+/// The sockets and TLS setup, made before anything else starts so that a port in use or an
+/// unusable certificate fails the start (exit 1). Read at start only; a reload keeps them.
 pub struct Listeners {
     pub main: TcpListener,
     pub admin: Option<TcpListener>,
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Listeners {
-    pub async fn bind(main: SocketAddr, admin: Option<SocketAddr>) -> Result<Listeners, String> {
+    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+        let main = config.server.listen;
         let main_listener = TcpListener::bind(main)
             .await
             .map_err(|e| format!("cannot listen on {main}: {e}"))?;
-        let admin = match admin {
+        let admin = match config.admin.as_ref().map(|a| a.listen) {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -53,6 +61,7 @@ impl Listeners {
         Ok(Listeners {
             main: main_listener,
             admin,
+            tls,
         })
     }
 
@@ -72,7 +81,7 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Future<Output = ()>) {
     let settings = {
         let g = gateway.load();
-        ConnSettings::new(&g.config.server)
+        ConnSettings::new(&g.config.server, listeners.tls)
     };
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -120,10 +129,12 @@ struct ConnSettings {
     header_read_timeout: Duration,
     limit: Arc<Semaphore>,
     shutdown_grace: Duration,
+    /// `Some` when `[server.tls]` is configured: every connection is TLS.
+    tls: Option<TlsAcceptor>,
 }
 
 impl ConnSettings {
-    fn new(server: &crate::config::Server) -> Self {
+    fn new(server: &crate::config::Server, tls: Option<TlsAcceptor>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The exact `max_header_bytes` check happens in the gateway (with a JSON 431); hyper's
         // buffer limit is looser and only stops heads that would never fit.
@@ -142,6 +153,7 @@ impl ConnSettings {
             header_read_timeout: server.header_read_timeout,
             limit: Arc::new(Semaphore::new(server.max_connections)),
             shutdown_grace: server.shutdown_grace,
+            tls,
         }
     }
 }
@@ -190,18 +202,58 @@ async fn serve_tcp(
     gateway: SharedGateway,
 ) {
     let _ = tcp.set_nodelay(true);
+    let deadline = settings.header_read_timeout;
+    if let Some(acceptor) = &settings.tls {
+        // The handshake gets the same deadline as a request head.
+        let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let conn =
+            ConnInfo::new(peer, "https", None).with_client_cert(tls::client_cert_thumbprint(&tls));
+        serve_io(tls, conn, &settings, graceful, gateway).await;
+        return;
+    }
     // hyper-util's auto builder sniffs the protocol without a deadline, so a client that sends
     // nothing would hold the connection forever: wait for a first byte ourselves.
-    match tokio::time::timeout(settings.header_read_timeout, tcp.peek(&mut [0u8; 1])).await {
+    match tokio::time::timeout(deadline, tcp.peek(&mut [0u8; 1])).await {
         Ok(Ok(n)) if n > 0 => {}
         _ => {
             tracing::debug!(%peer, "client sent nothing; closing");
             return;
         }
     }
+    serve_io(
+        tcp,
+        ConnInfo::new(peer, "http", None),
+        &settings,
+        graceful,
+        gateway,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established stream, behind the framing guard.
+async fn serve_io<IO>(
+    io: IO,
+    conn: ConnInfo,
+    settings: &ConnSettings,
+    graceful: hyper_util::server::graceful::Watcher,
+    gateway: SharedGateway,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let flags = Arc::new(HeadFlags::default());
-    let conn = Arc::new(ConnInfo::new(peer, "http", Some(flags.clone())));
-    let io = TokioIo::new(FramingGuard::new(tcp, flags));
+    let conn = Arc::new(conn.with_head_flags(flags.clone()));
+    let io = TokioIo::new(FramingGuard::new(io, flags));
     let service = service_fn(move |req: Request<Incoming>| {
         let gateway = gateway.load_full();
         let conn = conn.clone();

@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod issuer;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,12 +54,7 @@ impl Proxy {
         };
         let config = Arc::new(loaded.config);
         let gateway = Gateway::new(config.clone()).expect("gateway");
-        let listeners = Listeners::bind(
-            config.server.listen,
-            config.admin.as_ref().map(|a| a.listen),
-        )
-        .await
-        .expect("bind");
+        let listeners = Listeners::bind(&config).await.expect("bind");
         let addr = listeners.main_addr().expect("addr");
         let admin = listeners.admin_addr();
         let (tx, rx) = oneshot::channel::<()>();
