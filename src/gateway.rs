@@ -27,11 +27,13 @@ use crate::authn::{self, Issuers, Principal};
 use crate::config::{Config, Route};
 use crate::forward::{self, UpstreamClient};
 use crate::identity::headers::{self as claim_headers, ClaimPath};
+use crate::policy::Decision;
 use crate::rejection::Rejection;
 use crate::route::{self, normalize::NormalizedPath};
 use crate::scrub::{self, ScrubRules, X_REQUEST_ID};
 use crate::server::framing_guard::HeadFlags;
 use crate::telemetry::{self, AccessLine};
+use crate::token::claims::Claims;
 
 /// What a response body is: the upstream's, streamed, or one of our own small JSON answers.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -138,6 +140,7 @@ impl Gateway {
         line.route = Some(route.id.clone());
         let principal =
             authn::authenticate(route, &parts.headers, &self.config, &self.issuers).await?;
+        authorize(route, &principal)?;
         if let Principal::Token(verified) = &principal {
             line.auth = Some(verified.auth);
             line.sub = crate::token::claims::str_claim(&verified.claims, "sub").map(str::to_owned);
@@ -207,6 +210,32 @@ impl Gateway {
         }
         scrub::response_headers(response.headers_mut(), switching);
         Ok(response.map(Either::Left))
+    }
+}
+
+/// Policy phase (SPEC §4.6): the route's scopes and claim rules on the (merged) claims. A
+/// tokenless request on an `optional` route carries no claims: if the route's policy cannot hold
+/// without them, the client is asked for a token (401) rather than refused (403).
+fn authorize(route: &Route, principal: &Principal) -> Result<(), Rejection> {
+    let policy = &route.policy;
+    if policy.is_empty() {
+        return Ok(());
+    }
+    let decision = match principal {
+        Principal::Token(verified) => policy.evaluate(&verified.claims),
+        Principal::Anonymous => match policy.evaluate(&Claims::new()) {
+            Decision::Allow => Decision::Allow,
+            _ => return Err(Rejection::MissingToken),
+        },
+    };
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::InsufficientScope => Err(Rejection::InsufficientScope {
+            scope: policy.scope_challenge().to_owned(),
+        }),
+        Decision::AccessDenied => Err(Rejection::AccessDenied {
+            route: route.id.to_string(),
+        }),
     }
 }
 

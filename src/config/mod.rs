@@ -3,18 +3,25 @@
 //! - `raw`: the serde schema as written (every key of SPEC §3) and the table of known keys.
 //! - `load`: the pipeline (parse, `${ENV}`, unknown keys, types, validation, compile) that
 //!   reports every problem as `FILE:LINE: KEY.PATH: message`, plus warnings for `check`.
+//! - `compile` (with `issuers`, `routes`): each table checked and built into the model;
+//!   `check`: pure value checks; `ctx`: the loader's problem list and typed readers.
 //! - `locate`: key paths and the line each points at.
 //! - `env`: `${ENV_VAR}` expansion; `duration`: `"250ms"`/`"30s"`/`"5m"`/`"1h"`.
 //! - `model`: the compiled types the rest of the proxy reads.
 //!
 //! `summary` renders the short overview `tokengate check` prints for a valid file.
 
+mod check;
+mod compile;
+mod ctx;
 mod duration;
 mod env;
+mod issuers;
 mod load;
 mod locate;
 pub mod model;
 pub mod raw;
+mod routes;
 
 #[cfg(test)]
 mod tests;

@@ -306,15 +306,13 @@ pub struct Route {
     pub auth: AuthMode,
     /// Indices into `Config::issuers`; `None`: every issuer.
     pub issuers: Option<Vec<usize>>,
-    pub scopes: Vec<String>,
     pub userinfo: bool,
     pub userinfo_max_age: Option<Duration>,
     pub upstream: Option<Arc<UpstreamTarget>>,
     pub audience: Option<String>,
     pub require_sender_constrained: bool,
-    /// Claim rules, compiled (issue: policies). Kept as validated raw values until then.
-    pub claims: Vec<crate::config::raw::ClaimRule>,
-    pub any_of: Vec<crate::config::raw::AnyOf>,
+    /// `scopes`, `[[route.claims]]` and `[[route.any_of]]`, compiled (SPEC §3, §4.6).
+    pub policy: crate::policy::Policy,
     /// Line of the `[[route]]` header, for shadowing warnings.
     pub line: usize,
 }

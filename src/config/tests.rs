@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::json;
+
 use super::duration::parse_duration;
 use super::env::expand;
 use super::*;
+use crate::policy::Decision;
+use crate::token::claims::Claims;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -29,6 +33,13 @@ fn loaded(text: &str) -> Loaded {
 
 fn config(text: &str) -> Config {
     loaded(text).config
+}
+
+fn claims(value: serde_json::Value) -> Claims {
+    match value {
+        serde_json::Value::Object(map) => map,
+        other => panic!("test claims must be an object, got {other}"),
+    }
 }
 
 fn lines(problems: &[Problem]) -> Vec<String> {
@@ -198,10 +209,29 @@ fn spec_example_loads_into_the_model() {
     assert_eq!(w.issuers, Some(vec![0]));
     assert_eq!(w.auth, AuthMode::Required);
     assert_eq!(w.userinfo_max_age, Some(Duration::from_secs(30)));
-    assert_eq!(w.claims.len(), 2);
-    assert_eq!(w.claims[0].equals, Some(toml::Value::Boolean(true)));
-    assert_eq!(w.any_of.len(), 2);
-    assert_eq!(w.any_of[1].scopes, vec!["billing".to_owned()]);
+    assert_eq!(w.policy.scope_challenge(), "orders:write");
+    let admin = json!({
+        "scope": "orders:write",
+        "email_verified": true,
+        "realm_access": {"roles": ["ops"]},
+        "groups": ["admin"],
+    });
+    assert_eq!(w.policy.evaluate(&claims(admin)), Decision::Allow);
+    let billing = json!({
+        "scope": "orders:write billing",
+        "email_verified": true,
+        "realm_access": {"roles": ["admin"]},
+        "client_id": "svc-billing",
+    });
+    assert_eq!(w.policy.evaluate(&claims(billing)), Decision::Allow);
+    let neither = json!({
+        "scope": "orders:write",
+        "email_verified": true,
+        "realm_access": {"roles": ["admin"]},
+        "client_id": "svc-billing",
+    });
+    assert_eq!(w.policy.evaluate(&claims(neither)), Decision::AccessDenied);
+    assert!(c.routes[0].policy.is_empty());
     assert_eq!(w.line, 60);
     assert_eq!(c.routes[0].line, 55);
 }
@@ -353,7 +383,13 @@ contains_all = ["a", "b"]
         Some("http://127.0.0.1:3001")
     );
     assert!(r.require_sender_constrained);
-    assert_eq!(r.claims.len(), 4);
+    let ok = json!({"sub": "svc-1", "y": 1, "z": "b a"});
+    assert_eq!(r.policy.evaluate(&claims(ok)), Decision::Allow);
+    let x_present = json!({"sub": "svc-1", "y": 1, "z": "b a", "x": 0});
+    assert_eq!(
+        r.policy.evaluate(&claims(x_present)),
+        Decision::AccessDenied
+    );
 }
 
 // --- problem reporting -----------------------------------------------------------------------
@@ -578,10 +614,11 @@ claims = [{ claim = "client_id", equals = "${CLIENT}" }]
     assert_eq!(c.server.trusted_proxies[1].to_string(), "192.168.1.1/32");
     assert_eq!(c.upstream.target.origin, "http://127.0.0.1:3000");
     assert_eq!(c.issuers[0].audiences, ["api"]);
-    assert_eq!(
-        c.routes[0].claims[0].equals,
-        Some(toml::Value::String("svc".to_owned()))
-    );
+    let policy = &c.routes[0].policy;
+    let svc = json!({"client_id": "svc"});
+    assert_eq!(policy.evaluate(&claims(svc)), Decision::Allow);
+    let literal = json!({"client_id": "${CLIENT}"});
+    assert_eq!(policy.evaluate(&claims(literal)), Decision::AccessDenied);
 }
 
 #[test]
@@ -1150,6 +1187,100 @@ fn empty_any_of_block_is_an_error() {
 }
 
 #[test]
+fn policy_problems_are_reported_at_their_key_paths_inside_any_of_blocks() {
+    let text = with_issuer(
+        r#"[[route]]
+id = "a"
+path = "/a"
+[[route]]
+id = "b"
+path = "/b"
+scopes = ["ok", "has space"]
+[[route.claims]]
+claim = "role"
+matches = "adm("
+[[route.any_of]]
+scopes = ["billing"]
+claims = [
+  { claim = "/bad~pointer", exists = true },
+  { claim = "sub", equals = "x", matches = "x" },
+  { claim = "sub" },
+  { claim = "groups", one_of = [] },
+  { claim = "groups", contains_any = [] },
+  { claim = "groups", contains_all = [] },
+  { claim = "n", one_of = [1, nan] },
+  { claim = "n", equals = { at = 1979-05-27 } },
+]
+[[route.any_of]]
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "t.toml:15: route[1].scopes[1]: \"has space\" is not a scope token (printable ASCII without spaces, '\"' or '\\')",
+            "t.toml:18: route[1].claims[0].matches: invalid regular expression \"adm(\": unclosed group",
+            "t.toml:22: route[1].any_of[0].claims[0].claim: \"/bad~pointer\" is not a valid JSON Pointer: \"~\" must be followed by 0 or 1 (write ~0 for \"~\", ~1 for \"/\")",
+            "t.toml:23: route[1].any_of[0].claims[1]: the claim rule for \"sub\" needs exactly one operator (equals, one_of, contains, contains_any, contains_all, matches or exists); found equals and matches",
+            "t.toml:24: route[1].any_of[0].claims[2]: the claim rule for \"sub\" needs exactly one operator (equals, one_of, contains, contains_any, contains_all, matches or exists); found none",
+            "t.toml:25: route[1].any_of[0].claims[3].one_of: must not be empty",
+            "t.toml:26: route[1].any_of[0].claims[4].contains_any: must not be empty",
+            "t.toml:27: route[1].any_of[0].claims[5].contains_all: must not be empty",
+            "t.toml:28: route[1].any_of[0].claims[6].one_of[1]: nan and inf have no JSON equivalent and would never equal a claim; use a finite number",
+            "t.toml:29: route[1].any_of[0].claims[7].equals: a TOML date-time has no JSON equivalent and would never equal a claim; quote it as a string",
+            "t.toml:31: route[1].any_of[1]: an any_of block needs scopes or claims (an empty block always holds)",
+        ]
+    );
+}
+
+#[test]
+fn a_type_error_inside_an_any_of_rule_is_reported_once() {
+    let text = with_issuer(
+        r#"[[route]]
+id = "r"
+path = "/r"
+[[route.any_of]]
+claims = [{ claim = "groups", contains_any = "admin" }, { claim = 5, equals = 1, exists = true }]
+[[route.any_of]]
+scopes = [7]
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "t.toml:13: route[0].any_of[0].claims[0].contains_any: invalid type: string \"admin\", expected an array",
+            "t.toml:13: route[0].any_of[0].claims[1].claim: invalid type: integer `5`, expected a string",
+            "t.toml:15: route[0].any_of[1].scopes[0]: invalid type: integer `7`, expected a string",
+        ]
+    );
+}
+
+#[test]
+fn policies_are_compiled_into_the_route() {
+    let c = config(&with_issuer(
+        r#"[[route]]
+id = "r"
+path = "/r"
+scopes = ["a", "b"]
+[[route.claims]]
+claim = "/realm_access/roles"
+contains = "ops"
+"#,
+    ));
+    let policy = &c.routes[0].policy;
+    assert_eq!(policy.scopes(), ["a", "b"]);
+    assert_eq!(policy.scope_challenge(), "a b");
+    let ops = json!({"scope": "b a", "realm_access": {"roles": ["ops"]}});
+    assert_eq!(policy.evaluate(&claims(ops)), Decision::Allow);
+    let one_scope = json!({"scope": "a", "realm_access": {"roles": ["ops"]}});
+    assert_eq!(
+        policy.evaluate(&claims(one_scope)),
+        Decision::InsufficientScope
+    );
+    let no_role = json!({"scope": "a b", "realm_access": {"roles": []}});
+    assert_eq!(policy.evaluate(&claims(no_role)), Decision::AccessDenied);
+}
+
+#[test]
 fn a_pruned_operator_is_not_reported_again_as_missing() {
     let text = with_issuer(
         "[[route]]\nid = \"r\"\npath = \"/r\"\n[[route.claims]]\nclaim = \"a\"\nexists = \"yes\"\n",
@@ -1337,11 +1468,99 @@ fn unreadable_config_file_is_one_problem() {
 #[test]
 fn example_configurations_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for name in ["tokengate.toml", "minimal.toml"] {
+    for name in ["tokengate.toml", "minimal.toml", "orders-api.toml"] {
         match load_file(&dir.join(name)) {
             Ok(l) => assert!(l.warnings.is_empty(), "{name}: {:?}", lines(&l.warnings)),
             Err(p) => panic!("{name}:\n{}", lines(&p).join("\n")),
         }
+    }
+}
+
+#[test]
+fn orders_api_example_enforces_its_documented_policies() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/orders-api.toml");
+    let l = match load_file(&file) {
+        Ok(l) => l,
+        Err(p) => panic!("orders-api.toml:\n{}", lines(&p).join("\n")),
+    };
+    assert!(l.warnings.is_empty(), "{:?}", lines(&l.warnings));
+    let c = l.config;
+    let ids: Vec<&str> = c.routes.iter().map(|r| &*r.id).collect();
+    assert_eq!(ids, ["health", "orders-read", "orders-write", "admin"]);
+    assert!(c.issuers[0].issuer.starts_with("https://"));
+    assert_eq!(c.issuers[0].audiences, ["orders-api"]);
+    let route = |path: &str, method: http::Method| {
+        c.routes
+            .iter()
+            .find(|r| r.matches(path, &method, Some("api.example.com")))
+            .map(|r| (&*r.id, &r.policy))
+    };
+    let decide = |path: &str, method: http::Method, value: serde_json::Value| {
+        let (_, policy) = route(path, method).expect("a route matches");
+        policy.evaluate(&claims(value))
+    };
+    use http::Method as M;
+    use Decision::{AccessDenied, Allow, InsufficientScope};
+
+    let health = c
+        .routes
+        .iter()
+        .find(|r| &*r.id == "health")
+        .expect("health");
+    assert_eq!(health.auth, AuthMode::Public);
+    assert!(health.policy.is_empty());
+    assert_eq!(route("/healthz", M::GET).map(|r| r.0), Some("health"));
+
+    assert_eq!(route("/orders/7", M::GET).map(|r| r.0), Some("orders-read"));
+    assert_eq!(
+        decide("/orders", M::GET, json!({"scope": "orders:read"})),
+        Allow
+    );
+    assert_eq!(
+        decide("/orders/7", M::GET, json!({"scp": ["orders:read"]})),
+        Allow
+    );
+    assert_eq!(
+        decide("/orders", M::GET, json!({"scope": "orders:write"})),
+        InsufficientScope
+    );
+
+    for method in [M::POST, M::PUT, M::PATCH, M::DELETE] {
+        assert_eq!(
+            route("/orders/7", method.clone()).map(|r| r.0),
+            Some("orders-write")
+        );
+        let verified = json!({"scope": "orders:write", "email_verified": true});
+        assert_eq!(decide("/orders/7", method.clone(), verified), Allow);
+        let as_string = json!({"scope": "orders:write", "email_verified": "true"});
+        assert_eq!(decide("/orders/7", method.clone(), as_string), AccessDenied);
+        let reader = json!({"scope": "orders:read", "email_verified": true});
+        assert_eq!(decide("/orders/7", method, reader), InsufficientScope);
+    }
+    let (_, write) = route("/orders", M::POST).expect("orders-write");
+    assert_eq!(write.scope_challenge(), "orders:write");
+    assert!(route("/orders", M::OPTIONS).is_none());
+
+    for who in [
+        json!({"groups": ["staff", "admin"]}),
+        json!({"realm_access": {"roles": ["ops"]}}),
+        json!({"realm_access": {"roles": ["admin"]}}),
+        json!({"client_id": "svc-billing", "scope": "billing"}),
+    ] {
+        assert_eq!(
+            decide("/admin/users", M::DELETE, who.clone()),
+            Allow,
+            "{who}"
+        );
+    }
+    for who in [
+        json!({"groups": ["staff"], "realm_access": {"roles": ["user"]}}),
+        json!({"client_id": "svc-billing"}),
+        json!({"client_id": "svc-other", "scope": "billing"}),
+        json!({"groups": "admin-team"}),
+        json!({}),
+    ] {
+        assert_eq!(decide("/admin", M::GET, who.clone()), AccessDenied, "{who}");
     }
 }
 
