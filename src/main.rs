@@ -112,7 +112,7 @@ fn demo() -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::from(1);
     };
-    match runtime.block_on(tokengate::demo::run(shutdown_signal())) {
+    match runtime.block_on(async { tokengate::demo::run(shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("demo failed to start: {error}");
@@ -130,6 +130,7 @@ fn serve(path: &Path) -> ExitCode {
         return ExitCode::from(1);
     };
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let config = Arc::new(loaded.config);
         let gateway = match Gateway::new(config.clone()) {
             Ok(g) => g,
@@ -153,23 +154,28 @@ fn serve(path: &Path) -> ExitCode {
             "tokengate serving"
         );
         let shared = Arc::new(ArcSwap::from_pointee(gateway));
-        server::run(listeners, shared, shutdown_signal()).await;
+        server::run(listeners, shared, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C in development).
-async fn shutdown_signal() {
+/// Installs the SIGTERM (Kubernetes, docker stop) and SIGINT (Ctrl-C in development) handlers
+/// now, so a signal that arrives while starting up is not fatal, and returns a future that
+/// resolves on the first of them. Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -187,8 +187,9 @@ async fn accept_loop(
         let settings = settings.clone();
         let gateway = gateway.clone();
         let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_tcp(tcp, peer, settings, watcher, gateway).await;
+            serve_tcp(tcp, peer, settings, watcher, gateway, stop).await;
             drop(permit);
         });
     }
@@ -200,21 +201,32 @@ async fn serve_tcp(
     settings: ConnSettings,
     graceful: hyper_util::server::graceful::Watcher,
     gateway: SharedGateway,
+    mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let deadline = settings.header_read_timeout;
+    // Until a first request starts, a connection is idle: shutdown closes it at once instead of
+    // waiting for its deadline.
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
     if let Some(acceptor) = &settings.tls {
         // The handshake gets the same deadline as a request head.
-        let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let handshake = tokio::time::timeout(deadline, acceptor.accept(tcp));
+        let tls = tokio::select! {
+            _ = &mut stopping => return,
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
         };
         let conn =
             ConnInfo::new(peer, "https", None).with_client_cert(tls::client_cert_thumbprint(&tls));
@@ -223,12 +235,17 @@ async fn serve_tcp(
     }
     // hyper-util's auto builder sniffs the protocol without a deadline, so a client that sends
     // nothing would hold the connection forever: wait for a first byte ourselves.
-    match tokio::time::timeout(deadline, tcp.peek(&mut [0u8; 1])).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => {
-            tracing::debug!(%peer, "client sent nothing; closing");
-            return;
-        }
+    let mut probe = [0u8; 1];
+    let first_byte = tokio::time::timeout(deadline, tcp.peek(&mut probe));
+    tokio::select! {
+        _ = &mut stopping => return,
+        result = first_byte => match result {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                tracing::debug!(%peer, "client sent nothing; closing");
+                return;
+            }
+        },
     }
     serve_io(
         tcp,
