@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{AuthMode, Config, Route};
 use crate::rejection::Rejection;
-use crate::token::claims::Claims;
+use crate::token::claims::{date_claim, Claims, Round};
 use crate::token::extract::{self, Credential};
 use crate::token::jwks::IssuerKeys;
 use crate::token::jwt::{self, JwtError};
@@ -22,11 +22,21 @@ const RETRY_AFTER_SECS: u32 = 5;
 /// A caller whose token passed every check of SPEC §4.4.
 #[derive(Debug)]
 pub struct Verified {
-    pub claims: Claims,
+    /// The token's claims; after userinfo enrichment, the merged claims.
+    pub claims: Arc<Claims>,
+    /// The token's `exp` (unix seconds).
+    pub exp: i64,
     /// Index into `Config::issuers`.
     pub issuer: usize,
     /// `"jwt"` (introspection and DPoP come later).
     pub auth: &'static str,
+}
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Who the caller is, as far as the route needed to know.
@@ -64,6 +74,11 @@ impl Issuers {
             keys.push(state);
         }
         Ok(Issuers { keys, stop })
+    }
+
+    /// A receiver that turns `true` when these issuers are dropped (for tasks tied to them).
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<IssuerKeys>> {
@@ -129,8 +144,14 @@ pub async fn authenticate(
         }
         other => other.map_err(reject)?,
     };
+    // `verify` refuses a token without a numeric `exp`, so this always finds one.
+    let exp = date_claim(&claims, "exp", Round::Down)
+        .ok()
+        .flatten()
+        .unwrap_or(now);
     Ok(Principal::Token(Verified {
-        claims,
+        claims: Arc::new(claims),
+        exp,
         issuer: index,
         auth: "jwt",
     }))
@@ -170,10 +191,4 @@ fn invalid(reason: &'static str, description: std::borrow::Cow<'static, str>) ->
         reason,
         description,
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -34,6 +34,8 @@ use crate::scrub::{self, ScrubRules, X_REQUEST_ID};
 use crate::server::framing_guard::HeadFlags;
 use crate::telemetry::{self, AccessLine};
 use crate::token::claims::Claims;
+use crate::token::extract::{self, Credential};
+use crate::userinfo::{Outcome, Userinfo};
 
 /// What a response body is: the upstream's, streamed, or one of our own small JSON answers.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -45,6 +47,7 @@ pub struct Gateway {
     scrub: ScrubRules,
     upstream: UpstreamClient,
     issuers: Issuers,
+    userinfo: Arc<Userinfo>,
     /// `[identity.headers]` with each claim reference parsed once.
     claim_headers: Vec<(header::HeaderName, ClaimPath)>,
 }
@@ -87,10 +90,14 @@ impl ConnInfo {
 
 impl Gateway {
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let issuers = Issuers::start(&config)?;
+        let userinfo = Userinfo::new(&config.userinfo);
+        tokio::spawn(userinfo.clone().run_purger(issuers.stopped()));
         Ok(Gateway {
             scrub: ScrubRules::new(&config),
             upstream: UpstreamClient::new(&config.upstream)?,
-            issuers: Issuers::start(&config)?,
+            issuers,
+            userinfo,
             claim_headers: config
                 .identity
                 .headers
@@ -140,6 +147,7 @@ impl Gateway {
         line.route = Some(route.id.clone());
         let principal =
             authn::authenticate(route, &parts.headers, &self.config, &self.issuers).await?;
+        let principal = self.enrich(route, principal, &parts, line).await?;
         authorize(route, &principal)?;
         if let Principal::Token(verified) = &principal {
             line.auth = Some(verified.auth);
@@ -179,6 +187,47 @@ impl Gateway {
         host: Option<&str>,
     ) -> Result<&Route, Rejection> {
         route::find(&self.config.routes, &path.match_path, method, host).ok_or(Rejection::NoRoute)
+    }
+
+    /// Enrichment phase (SPEC §4.5): on `userinfo = true` routes, the userinfo answer merged
+    /// over the token's claims (through the cache).
+    async fn enrich(
+        &self,
+        route: &Route,
+        principal: Principal,
+        parts: &Parts,
+        line: &mut AccessLine,
+    ) -> Result<Principal, Rejection> {
+        let Principal::Token(mut verified) = principal else {
+            return Ok(principal);
+        };
+        if !route.userinfo {
+            return Ok(Principal::Token(verified));
+        }
+        let (Ok(Credential::Bearer(token)), Some(issuer)) = (
+            extract::extract(&parts.headers),
+            self.issuers.get(verified.issuer),
+        ) else {
+            return Ok(Principal::Token(verified));
+        };
+        let outcome = self
+            .userinfo
+            .enrich(
+                verified.issuer,
+                issuer,
+                token,
+                &verified.claims,
+                verified.exp,
+                route.userinfo_max_age,
+                false,
+                authn::unix_now(),
+            )
+            .await?;
+        match outcome {
+            Outcome::Enriched(merged) => verified.claims = merged,
+            Outcome::Skipped(reason) => line.reason = Some(reason),
+        }
+        Ok(Principal::Token(verified))
     }
 
     async fn forward(

@@ -30,3 +30,4 @@ pub mod scrub;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod userinfo;

@@ -2,7 +2,9 @@
 //!
 //! Two steps, so the caller can pick the issuer in between: [`parse`] splits and decodes the
 //! token without trusting anything (it yields the unverified `iss` and `kid`), then [`verify`]
-//! checks it against one configured issuer and the key set it is given. Fetching and refreshing
+//! checks it against one configured issuer and the key set it is given ([`verify_with`] and
+//! [`Profile::SignedAnswer`] apply the same rules to an issuer's signed userinfo answer, whose
+//! `exp` and `iss` are optional and whose `aud` is not ours). Fetching and refreshing
 //! keys (including the refresh an unknown `kid` may justify) is `jwks.rs`'s job; turning a
 //! [`JwtError`] into a 401 or 503 is `rejection.rs`'s.
 //!
@@ -273,13 +275,36 @@ pub fn verify(
     issuer: &Issuer,
     now_unix: i64,
 ) -> Result<Claims, JwtError> {
-    check_header(parsed, issuer)?;
+    verify_with(parsed, keys, issuer, now_unix, Profile::AccessToken)
+}
+
+/// Which rules [`verify_with`] applies beyond the header and signature, which are always checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// An access token: every rule of [`verify`].
+    AccessToken,
+    /// A signed answer of the issuer about a token (e.g. `application/jwt` userinfo, SPEC §4.5):
+    /// same header and signature rules, `nbf`/`iat` as for a token, but `exp` and `iss` are
+    /// checked only when present, `aud` (the issuer's client, not ours) and `require_typ` (an
+    /// access-token rule) not at all.
+    SignedAnswer,
+}
+
+/// [`verify`] with a choice of [`Profile`].
+pub fn verify_with(
+    parsed: &Parsed<'_>,
+    keys: Option<&KeySet>,
+    issuer: &Issuer,
+    now_unix: i64,
+    profile: Profile,
+) -> Result<Claims, JwtError> {
+    check_header(parsed, issuer, profile)?;
     check_signature(parsed, keys, issuer)?;
-    check_claims(&parsed.claims, issuer, now_unix)?;
+    check_claims(&parsed.claims, issuer, now_unix, profile)?;
     Ok(parsed.claims.clone())
 }
 
-fn check_header(parsed: &Parsed<'_>, issuer: &Issuer) -> Result<(), JwtError> {
+fn check_header(parsed: &Parsed<'_>, issuer: &Issuer, profile: Profile) -> Result<(), JwtError> {
     let alg = parsed.alg;
     if !issuer.algorithms.contains(&alg) || (alg.is_hmac() && issuer.hmac_secret.is_none()) {
         return Err(JwtError::algorithm(alg.name()));
@@ -287,7 +312,11 @@ fn check_header(parsed: &Parsed<'_>, issuer: &Issuer) -> Result<(), JwtError> {
     if parsed.header.contains_key("crit") {
         return Err(JwtError::Crit);
     }
-    if let Some(required) = &issuer.require_typ {
+    let typ_rule = issuer
+        .require_typ
+        .as_ref()
+        .filter(|_| profile == Profile::AccessToken);
+    if let Some(required) = typ_rule {
         let typ = parsed.header.get("typ").and_then(Value::as_str);
         if !typ.is_some_and(|t| media_type(t).eq_ignore_ascii_case(media_type(required))) {
             return Err(JwtError::Typ);
@@ -380,7 +409,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_claims(c: &Claims, issuer: &Issuer, now: i64) -> Result<(), JwtError> {
+fn check_claims(c: &Claims, issuer: &Issuer, now: i64, profile: Profile) -> Result<(), JwtError> {
+    let token = profile == Profile::AccessToken;
     let malformed = |what| move |_| JwtError::Malformed(what);
     let exp =
         claims::date_claim(c, "exp", Round::Down).map_err(malformed("exp is not a NumericDate"))?;
@@ -397,9 +427,10 @@ fn check_claims(c: &Claims, issuer: &Issuer, now: i64) -> Result<(), JwtError> {
     };
 
     let skew = i64::try_from(issuer.clock_skew.as_secs()).unwrap_or(i64::MAX);
-    let exp = exp.ok_or(JwtError::MissingExp)?;
-    if exp.saturating_add(skew) <= now {
-        return Err(JwtError::Expired);
+    match exp {
+        None if token => return Err(JwtError::MissingExp),
+        Some(exp) if exp.saturating_add(skew) <= now => return Err(JwtError::Expired),
+        _ => {}
     }
     let latest = now.saturating_add(skew);
     if nbf.is_some_and(|nbf| nbf > latest) {
@@ -408,10 +439,10 @@ fn check_claims(c: &Claims, issuer: &Issuer, now: i64) -> Result<(), JwtError> {
     if iat.is_some_and(|iat| iat > latest) {
         return Err(JwtError::IssuedInFuture);
     }
-    if iss != Some(issuer.issuer.as_str()) {
+    if (token || iss.is_some()) && iss != Some(issuer.issuer.as_str()) {
         return Err(JwtError::WrongIssuer);
     }
-    if !issuer.allow_any_audience {
+    if token && !issuer.allow_any_audience {
         let accepted = aud.is_some_and(|list| {
             list.iter()
                 .any(|a| issuer.audiences.iter().any(|want| want == a))

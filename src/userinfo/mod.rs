@@ -1,0 +1,479 @@
+//! The enrichment phase (SPEC §4 item 5): claims from the issuer's userinfo endpoint, merged
+//! over the access token's, behind a bounded cache with single-flight.
+//!
+//! [`Userinfo::enrich`] runs after verification on routes with `userinfo = true`:
+//!
+//! 1. A DPoP-bound token is never sent (its proof is bound to this request, not to the userinfo
+//!    endpoint): [`Outcome::Skipped`]`("dpop_bound_token")`, token claims only.
+//! 2. The cache (`cache.rs`) is asked under (issuer index, SHA-256 of the whole token). An entry
+//!    is served while younger than `min(cache_ttl, route userinfo_max_age, token exp - now)`,
+//!    never later, whether or not the issuer is reachable. `userinfo_max_age = "0s"` never
+//!    serves from the cache.
+//! 3. On a miss, one call per (issuer, token) is in flight at a time (**single-flight**): the
+//!    first request (the leader) registers a `watch` channel in `in_flight` and spawns the call
+//!    as a task of its own; later requests for the same key clone the receiver out of the map and
+//!    wait on it without holding any lock or map guard. The task stores the result in the cache,
+//!    leaves `in_flight`, then publishes it to the waiters: a request arriving meanwhile either
+//!    joins the flight or finds the cache entry, and none joins a call already answered. (A
+//!    leader that finds an entry stored just before it registered serves that.) Because the call
+//!    is its own task, a leader whose client hangs up does not fail the waiters. This holds for
+//!    `"0s"` routes too: concurrent identical requests share the one call in progress (its answer
+//!    is as fresh as any of them could get), and each later request makes a new call.
+//! 4. The answer is judged per request: its `sub` must be a string equal to the token's `sub`
+//!    (a token without `sub` never matches), else 401 `invalid_token`; then it is merged
+//!    ([`merge`]).
+//!
+//! Failures (SPEC §4.5, §6): a 401 from the endpoint → 401 `invalid_token` "userinfo endpoint
+//! rejected the token", remembered for [`NEGATIVE_TTL`] (10 s) so a revoked token does not hammer
+//! the issuer. Anything else (timeout, connection error, 5xx, another 4xx, a body that is neither
+//! a JSON object nor a valid signed JWT, an issuer without a userinfo endpoint) is never cached
+//! and goes to `[userinfo].on_error`: `deny` → 503 `temporarily_unavailable` with `Retry-After`,
+//! `proceed` → [`Outcome::Skipped`] (forward with token claims only). A wrong `sub` is cached
+//! like any answer, so it is refused again without a call until the entry expires.
+//!
+//! Metrics (SPEC §7): [`Userinfo::counters`] — cache `hit` / `miss` / `coalesced` (a request that
+//! joined a call in flight), calls `ok` / `unauthorized` / `error` (one per call, not per waiting
+//! request; an issuer without an endpoint counts one `miss` and one `error` per request).
+//!
+//! Privacy: the raw token is never a key, never logged; it lives only in the request and in the
+//! task making the call. Logs name the issuer id and the redacted endpoint URL.
+
+mod cache;
+mod client;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::{DashMap, DashSet};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{self, OnError};
+use crate::rejection::Rejection;
+use crate::token::claims::{self, Claims};
+use crate::token::jwks::IssuerKeys;
+
+pub use cache::NEGATIVE_TTL;
+pub use client::MAX_USERINFO_BYTES;
+
+use cache::{Cache, Cached, Key};
+use client::{Failure, Fetched};
+
+#[cfg(test)]
+mod tests;
+
+/// Claims that always come from the access token, whatever userinfo says (SPEC §4.5).
+pub const TOKEN_ONLY_CLAIMS: [&str; 11] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "scp",
+    "cnf",
+    "client_id",
+];
+
+/// `error_description` of the 401 for a token the userinfo endpoint refused (SPEC §4.5).
+pub const REJECTED_DESCRIPTION: &str = "userinfo endpoint rejected the token";
+
+/// `Retry-After` of the 503 when userinfo is unavailable and `on_error = "deny"`.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// The background purge runs every `min(cache_ttl, 30 s)`, at least every second.
+const MAX_PURGE_PERIOD: Duration = Duration::from_secs(30);
+const MIN_PURGE_PERIOD: Duration = Duration::from_secs(1);
+
+/// What enrichment did, when the request may go on.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The token's claims with the userinfo answer merged over them.
+    Enriched(Arc<Claims>),
+    /// Forward with the token's claims only; the reason is for the access log:
+    /// `"dpop_bound_token"`, `"userinfo_unavailable"` (a failure under `on_error = "proceed"`),
+    /// `"no_userinfo_endpoint"` (likewise, the issuer has none).
+    Skipped(&'static str),
+}
+
+/// Counter values for `/metrics` (SPEC §7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserinfoCounters {
+    /// `tokengate_userinfo_cache_total{result="hit"}`: served from the cache (a remembered 401
+    /// included).
+    pub hits: u64,
+    /// `{result="miss"}`: the request started a call.
+    pub misses: u64,
+    /// `{result="coalesced"}`: the request waited for a call another request started.
+    pub coalesced: u64,
+    /// `tokengate_userinfo_requests_total{outcome="ok"}`: a usable answer.
+    pub ok: u64,
+    /// `{outcome="unauthorized"}`: the endpoint answered 401.
+    pub unauthorized: u64,
+    /// `{outcome="error"}`: any other failure.
+    pub error: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    coalesced: AtomicU64,
+    ok: AtomicU64,
+    unauthorized: AtomicU64,
+    error: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The enrichment phase's state for one configuration generation. Build with [`Userinfo::new`];
+/// run [`Userinfo::run_purger`] beside it.
+pub struct Userinfo {
+    /// Lets `enrich(&self)` hand the call to a task of its own.
+    me: Weak<Userinfo>,
+    cache_ttl: Duration,
+    timeout: Duration,
+    on_error: OnError,
+    cache: Cache,
+    /// Calls in progress: (flight id, receiver of its result). Cloned out, never awaited in place.
+    in_flight: DashMap<Key, (u64, watch::Receiver<Option<Fetched>>)>,
+    next_flight: AtomicU64,
+    stats: Stats,
+    /// Issuers already reported (at error level) as having no userinfo endpoint.
+    warned_no_endpoint: DashSet<usize>,
+}
+
+impl fmt::Debug for Userinfo {
+    /// Settings and sizes only: no token hashes, no claims.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Userinfo")
+            .field("cache_ttl", &self.cache_ttl)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("entries", &self.cache.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Userinfo {
+    pub fn new(settings: &config::Userinfo) -> Arc<Userinfo> {
+        Arc::new_cyclic(|me| Userinfo {
+            me: me.clone(),
+            cache_ttl: settings.cache_ttl,
+            timeout: settings.timeout,
+            on_error: settings.on_error,
+            cache: Cache::new(settings.max_entries),
+            in_flight: DashMap::new(),
+            next_flight: AtomicU64::new(0),
+            stats: Stats::default(),
+            warned_no_endpoint: DashSet::new(),
+        })
+    }
+
+    /// Enriches a verified token's claims (module docs). `issuer_index` is the issuer's index in
+    /// `Config::issuers`, `issuer` its key state (endpoint, client, keys for signed answers);
+    /// `token_exp` the token's `exp` (unix seconds), `route_max_age` the route's
+    /// `userinfo_max_age`, `dpop_bound` whether the token is bound to a DPoP key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enrich(
+        &self,
+        issuer_index: usize,
+        issuer: &Arc<IssuerKeys>,
+        token: &str,
+        token_claims: &Claims,
+        token_exp: i64,
+        route_max_age: Option<Duration>,
+        dpop_bound: bool,
+        now_unix: i64,
+    ) -> Result<Outcome, Rejection> {
+        if dpop_bound {
+            return Ok(Outcome::Skipped("dpop_bound_token"));
+        }
+        let key: Key = (issuer_index, Sha256::digest(token.as_bytes()).into());
+        if let Some(cached) = self.cache.get(&key, Instant::now(), route_max_age) {
+            bump(&self.stats.hits);
+            return self.judge(Fetched::from(cached), token_claims);
+        }
+        let Some(endpoint) = issuer.userinfo_endpoint() else {
+            bump(&self.stats.misses);
+            bump(&self.stats.error);
+            self.report_no_endpoint(issuer_index, issuer);
+            return self.on_error("no_userinfo_endpoint");
+        };
+        let call = Call {
+            key,
+            issuer: issuer.clone(),
+            endpoint,
+            token: token.to_owned(),
+            token_exp,
+            now_unix,
+        };
+        let fetched = self.flight(call, route_max_age).await;
+        self.judge(fetched, token_claims)
+    }
+
+    /// Current counter values.
+    pub fn counters(&self) -> UserinfoCounters {
+        let s = &self.stats;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        UserinfoCounters {
+            hits: read(&s.hits),
+            misses: read(&s.misses),
+            coalesced: read(&s.coalesced),
+            ok: read(&s.ok),
+            unauthorized: read(&s.unauthorized),
+            error: read(&s.error),
+        }
+    }
+
+    /// Removes expired entries every `min(cache_ttl, 30 s)` (at least every second) until `stop`
+    /// becomes `true` or its sender is dropped. Holds only a weak reference between rounds, so
+    /// a dropped `Userinfo` also ends it.
+    pub async fn run_purger(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let period = purge_period(self.cache_ttl);
+        let me = Arc::downgrade(&self);
+        drop(self);
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            let Some(me) = me.upgrade() else {
+                return;
+            };
+            let removed = me.cache.purge(Instant::now());
+            if removed > 0 {
+                tracing::debug!(removed, left = me.cache.len(), "userinfo cache purged");
+            }
+        }
+    }
+
+    /// Entries in the cache (answers and remembered 401s). Summed shard by shard, so while
+    /// entries are being replaced concurrently it may count one twice; it is exact at rest, and
+    /// the bound itself is enforced by an exact slot counter (`cache.rs`).
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Joins the call in flight for `call.key`, or starts one (module docs, step 3).
+    async fn flight(&self, call: Call, route_max_age: Option<Duration>) -> Fetched {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (mut result, leader) = match self.in_flight.entry(call.key) {
+            MapEntry::Occupied(running) => (running.get().1.clone(), None),
+            MapEntry::Vacant(slot) => {
+                let (tx, rx) = watch::channel(None);
+                slot.insert((id, rx.clone()));
+                (rx, Some(tx))
+            }
+        };
+        match (leader, self.me.upgrade()) {
+            (None, _) => bump(&self.stats.coalesced),
+            (Some(tx), Some(me)) => {
+                let flight = Flight {
+                    owner: me.clone(),
+                    key: call.key,
+                    id,
+                    tx,
+                };
+                // A call that ended between our cache miss and our registration stored its
+                // answer before leaving `in_flight`: look again before calling.
+                if let Some(cached) = self.cache.get(&call.key, Instant::now(), route_max_age) {
+                    bump(&self.stats.hits);
+                    let fetched = Fetched::from(cached);
+                    flight.publish(fetched.clone());
+                    return fetched;
+                }
+                bump(&self.stats.misses);
+                // Its own task: the leader's client hanging up must not fail the waiters.
+                tokio::spawn(async move {
+                    let fetched = me.call(call).await;
+                    flight.publish(fetched);
+                });
+            }
+            (Some(_), None) => {
+                // Unreachable while `self` is alive (it only exists inside an `Arc`).
+                self.in_flight
+                    .remove_if(&call.key, |_, (registered, _)| *registered == id);
+                return Fetched::Failed(Failure::Internal("userinfo state is shutting down"));
+            }
+        }
+        // The watch guard is cloned out and dropped within this statement.
+        let published = result
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|value| value.clone());
+        published.unwrap_or(Fetched::Failed(Failure::Internal(
+            "the userinfo call ended without an answer",
+        )))
+    }
+
+    /// Makes the call, counts, logs and caches its result (runs in the flight's task).
+    async fn call(&self, call: Call) -> Fetched {
+        let started = Instant::now();
+        let fetched = client::call(
+            &call.issuer,
+            &call.endpoint,
+            &call.token,
+            self.timeout,
+            call.now_unix,
+        )
+        .await;
+        let issuer_id = call.issuer.issuer().id.as_str();
+        match &fetched {
+            Fetched::Answer(answer) => {
+                bump(&self.stats.ok);
+                let lifetime = cache::lifetime(self.cache_ttl, call.token_exp, call.now_unix);
+                let value = Cached::Answer(answer.clone());
+                self.cache.insert(call.key, value, started, lifetime);
+            }
+            Fetched::Rejected => {
+                bump(&self.stats.unauthorized);
+                tracing::info!(
+                    issuer = issuer_id,
+                    "userinfo endpoint rejected a token (401)"
+                );
+                self.cache
+                    .insert(call.key, Cached::Rejected, started, NEGATIVE_TTL);
+            }
+            Fetched::Failed(failure) => {
+                bump(&self.stats.error);
+                tracing::warn!(
+                    issuer = issuer_id,
+                    endpoint = %crate::token::fetch::redact(&call.endpoint),
+                    "userinfo call failed: {failure}"
+                );
+            }
+        }
+        fetched
+    }
+
+    /// Turns a result into this request's outcome (module docs, step 4, and failures).
+    fn judge(&self, fetched: Fetched, token_claims: &Claims) -> Result<Outcome, Rejection> {
+        match fetched {
+            Fetched::Answer(answer) => {
+                let token_sub = claims::str_claim(token_claims, "sub");
+                if token_sub.is_none() || claims::str_claim(&answer, "sub") != token_sub {
+                    return Err(Rejection::InvalidToken {
+                        reason: "userinfo_wrong_subject",
+                        description: "userinfo subject does not match the token".into(),
+                    });
+                }
+                Ok(Outcome::Enriched(Arc::new(merge(token_claims, &answer))))
+            }
+            Fetched::Rejected => Err(Rejection::InvalidToken {
+                reason: "userinfo_rejected",
+                description: REJECTED_DESCRIPTION.into(),
+            }),
+            Fetched::Failed(_) => self.on_error("userinfo_unavailable"),
+        }
+    }
+
+    fn on_error(&self, skipped: &'static str) -> Result<Outcome, Rejection> {
+        match self.on_error {
+            OnError::Proceed => Ok(Outcome::Skipped(skipped)),
+            OnError::Deny => Err(Rejection::Unavailable {
+                description: "the issuer's userinfo endpoint is unavailable".into(),
+                retry_after_secs: RETRY_AFTER_SECS,
+            }),
+        }
+    }
+
+    fn report_no_endpoint(&self, issuer_index: usize, issuer: &IssuerKeys) {
+        let id = issuer.issuer().id.as_str();
+        if self.warned_no_endpoint.insert(issuer_index) {
+            tracing::error!(
+                issuer = id,
+                "a route asks for userinfo but the issuer has no userinfo endpoint (set \
+                 userinfo_endpoint, or use an issuer whose discovery document names one); \
+                 handled as a userinfo failure (on_error)"
+            );
+        } else {
+            tracing::debug!(issuer = id, "issuer has no userinfo endpoint");
+        }
+    }
+}
+
+/// Everything the flight's task needs, owned.
+struct Call {
+    key: Key,
+    issuer: Arc<IssuerKeys>,
+    endpoint: String,
+    /// The raw token, for the `Authorization` header only.
+    token: String,
+    token_exp: i64,
+    now_unix: i64,
+}
+
+/// The leader's side of a call in flight. Publishing removes the registration and sends the
+/// result; dropping without publishing (the task died) removes it too, so nobody waits on a call
+/// nobody makes (a dropped sender ends the waits with an error).
+struct Flight {
+    owner: Arc<Userinfo>,
+    key: Key,
+    id: u64,
+    tx: watch::Sender<Option<Fetched>>,
+}
+
+impl Flight {
+    /// Leaves `in_flight` first, then sends: whoever registered as a waiter gets the result,
+    /// and a request arriving after the send can no longer join this (finished) call.
+    fn publish(self, fetched: Fetched) {
+        self.leave();
+        self.tx.send_replace(Some(fetched));
+    }
+
+    fn leave(&self) {
+        let id = self.id;
+        self.owner
+            .in_flight
+            .remove_if(&self.key, |_, (registered, _)| *registered == id);
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+impl From<Cached> for Fetched {
+    fn from(cached: Cached) -> Fetched {
+        match cached {
+            Cached::Answer(answer) => Fetched::Answer(answer),
+            Cached::Rejected => Fetched::Rejected,
+        }
+    }
+}
+
+/// The token's claims with the userinfo answer's merged over them, except the
+/// [`TOKEN_ONLY_CLAIMS`], which keep the token's value (or stay absent). Order: the token's
+/// claims first (a replaced value keeps its place), then the answer's new ones.
+pub fn merge(token: &Claims, userinfo: &Claims) -> Claims {
+    let mut merged = token.clone();
+    for (name, value) in userinfo {
+        if !TOKEN_ONLY_CLAIMS.contains(&name.as_str()) {
+            merged.insert(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+fn purge_period(cache_ttl: Duration) -> Duration {
+    cache_ttl.clamp(MIN_PURGE_PERIOD, MAX_PURGE_PERIOD)
+}

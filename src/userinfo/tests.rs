@@ -1,0 +1,315 @@
+//! Unit tests: merging, lifetimes, freshness per route, the size bound and its bookkeeping.
+//! Network behaviour (single-flight, failures, signed answers) is in `tests/userinfo_cache.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::cache::{lifetime, Cache, Cached, Key, NEGATIVE_TTL};
+use super::*;
+
+fn claims(v: Value) -> Claims {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("test claims must be an object"),
+    }
+}
+
+fn key(n: u32) -> Key {
+    let mut hash = [0u8; 32];
+    hash[..4].copy_from_slice(&n.to_be_bytes());
+    (0, hash)
+}
+
+fn answer(sub: &str) -> Cached {
+    Cached::Answer(Arc::new(claims(json!({"sub": sub}))))
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[test]
+fn merge_puts_userinfo_over_the_token_except_token_only_claims() {
+    let token = claims(json!({
+        "iss": "https://idp", "sub": "alice", "aud": "api", "exp": 100, "iat": 1,
+        "scope": "read", "client_id": "web", "email": "old@example.com", "cnf": {"jkt": "t"},
+    }));
+    let userinfo = claims(json!({
+        "iss": "https://evil", "sub": "mallory", "aud": "other", "exp": 999, "nbf": 0, "iat": 5,
+        "jti": "j", "scope": "admin", "scp": ["admin"], "cnf": {"jkt": "x"}, "client_id": "evil",
+        "email": "alice@example.com", "groups": ["ops"], "name": "Alice",
+    }));
+    let merged = merge(&token, &userinfo);
+    for name in TOKEN_ONLY_CLAIMS {
+        assert_eq!(merged.get(name), token.get(name), "{name}");
+    }
+    assert!(!merged.contains_key("nbf") && !merged.contains_key("jti"));
+    assert!(!merged.contains_key("scp"));
+    assert_eq!(merged["email"], "alice@example.com");
+    assert_eq!(merged["groups"], json!(["ops"]));
+    assert_eq!(merged["name"], "Alice");
+    // The token's order first (a replaced value keeps its place), then new names.
+    let names: Vec<&str> = merged.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "scope",
+            "client_id",
+            "email",
+            "cnf",
+            "groups",
+            "name"
+        ]
+    );
+}
+
+#[test]
+fn merge_lets_userinfo_null_out_an_ordinary_claim() {
+    let merged = merge(
+        &claims(json!({"sub": "a", "email": "x"})),
+        &claims(json!({"sub": "a", "email": null})),
+    );
+    assert_eq!(merged["email"], Value::Null);
+}
+
+#[test]
+fn lifetime_is_the_smaller_of_cache_ttl_and_time_to_exp() {
+    let now = 1_700_000_000;
+    assert_eq!(lifetime(5 * MINUTE, now + 3600, now), 5 * MINUTE);
+    assert_eq!(lifetime(5 * MINUTE, now + 42, now), Duration::from_secs(42));
+    assert_eq!(lifetime(5 * MINUTE, now, now), Duration::ZERO);
+    assert_eq!(lifetime(5 * MINUTE, now - 10, now), Duration::ZERO);
+    assert_eq!(lifetime(Duration::ZERO, now + 3600, now), Duration::ZERO);
+    assert_eq!(lifetime(MINUTE, i64::MAX, i64::MIN), MINUTE);
+    assert_eq!(lifetime(MINUTE, i64::MIN, i64::MAX), Duration::ZERO);
+    assert!(lifetime(Duration::MAX, i64::MAX, 0) <= Duration::from_secs(366 * 24 * 3600));
+}
+
+#[test]
+fn the_route_bound_applies_when_reading() {
+    let cache = Cache::new(10);
+    let t0 = Instant::now();
+    cache.insert(key(1), answer("a"), t0, 5 * MINUTE);
+    let later = t0 + Duration::from_secs(30);
+    assert!(cache.get(&key(1), later, None).is_some());
+    assert!(cache.get(&key(1), later, Some(MINUTE)).is_some());
+    assert!(cache
+        .get(&key(1), later, Some(Duration::from_secs(30)))
+        .is_none());
+    assert!(cache
+        .get(&key(1), later, Some(Duration::from_secs(29)))
+        .is_none());
+    // "0s": never from the cache, not even at once.
+    assert!(cache.get(&key(1), t0, Some(Duration::ZERO)).is_none());
+    // The stale-for-one-route entry stays for the others.
+    assert_eq!(cache.len(), 1);
+    assert!(cache.get(&key(1), later, Some(Duration::MAX)).is_some());
+}
+
+#[test]
+fn an_entry_is_never_served_past_its_lifetime_and_is_then_removed() {
+    let cache = Cache::new(10);
+    let t0 = Instant::now();
+    cache.insert(key(1), answer("a"), t0, Duration::from_secs(42));
+    assert!(cache
+        .get(&key(1), t0 + Duration::from_secs(41), None)
+        .is_some());
+    assert!(cache
+        .get(&key(1), t0 + Duration::from_secs(42), None)
+        .is_none());
+    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.reserved(), 0);
+}
+
+#[test]
+fn a_zero_lifetime_or_zero_capacity_stores_nothing() {
+    let cache = Cache::new(10);
+    cache.insert(key(1), answer("a"), Instant::now(), Duration::ZERO);
+    assert_eq!(cache.len(), 0);
+    let none = Cache::new(0);
+    none.insert(key(1), answer("a"), Instant::now(), MINUTE);
+    assert_eq!(none.len(), 0);
+}
+
+#[test]
+fn a_remembered_rejection_ignores_the_route_bound_but_not_its_own() {
+    let cache = Cache::new(10);
+    let t0 = Instant::now();
+    cache.insert(key(1), Cached::Rejected, t0, NEGATIVE_TTL);
+    let soon = t0 + Duration::from_secs(9);
+    assert!(matches!(
+        cache.get(&key(1), soon, Some(Duration::ZERO)),
+        Some(Cached::Rejected)
+    ));
+    assert!(cache.get(&key(1), t0 + NEGATIVE_TTL, None).is_none());
+}
+
+#[test]
+fn replacing_an_entry_keeps_one_slot() {
+    let cache = Cache::new(2);
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        cache.insert(key(1), answer("a"), t0, MINUTE);
+    }
+    cache.insert(key(2), answer("b"), t0, MINUTE);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.reserved(), 2);
+    // Stale records of the replaced entry are skipped: key 1 (oldest live) goes, key 2 stays.
+    cache.insert(key(3), answer("c"), t0, MINUTE);
+    assert!(cache.get(&key(1), t0, None).is_none());
+    assert!(cache.get(&key(2), t0, None).is_some());
+    assert!(cache.get(&key(3), t0, None).is_some());
+}
+
+#[test]
+fn at_max_entries_the_oldest_entry_is_evicted_and_the_bound_holds() {
+    let cache = Cache::new(100);
+    let t0 = Instant::now();
+    for n in 0..1000 {
+        cache.insert(key(n), answer("x"), t0, MINUTE);
+        assert!(cache.len() <= 100);
+    }
+    assert_eq!(cache.len(), 100);
+    assert_eq!(cache.reserved(), 100);
+    assert!(cache.get(&key(899), t0, None).is_none());
+    assert!(cache.get(&key(900), t0, None).is_some());
+    assert!(cache.get(&key(999), t0, None).is_some());
+    assert!(cache.order_len() <= 2 * 100 + 1024 + 1);
+}
+
+#[test]
+fn the_bound_holds_under_concurrent_inserts() {
+    let cache = Arc::new(Cache::new(64));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                for n in 0..2000 {
+                    cache.insert(key(t * 100_000 + n), answer("x"), t0, MINUTE);
+                    // Repeated keys too (in-place replacement races with eviction).
+                    cache.insert(key(n % 50), answer("y"), t0, MINUTE);
+                    // `len()` sums the shards one by one, so under concurrent change it may
+                    // count an evicted entry and its replacement; the slot counter is exact
+                    // and always >= the number of entries.
+                    assert!(cache.reserved() <= 64);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("thread");
+    }
+    assert!(cache.len() <= 64);
+    assert_eq!(cache.reserved(), cache.len());
+}
+
+#[test]
+fn replacing_the_same_key_forever_keeps_the_order_queue_bounded() {
+    let cache = Cache::new(10);
+    let t0 = Instant::now();
+    for _ in 0..100_000 {
+        cache.insert(key(7), answer("a"), t0, MINUTE);
+    }
+    assert_eq!(cache.len(), 1);
+    assert!(cache.order_len() <= 2 + 1024 + 1, "{}", cache.order_len());
+}
+
+#[test]
+fn purge_removes_expired_entries_and_releases_their_slots() {
+    let cache = Cache::new(10);
+    let t0 = Instant::now();
+    for n in 0..5 {
+        cache.insert(key(n), answer("a"), t0, Duration::from_secs(10));
+    }
+    for n in 5..8 {
+        cache.insert(key(n), answer("a"), t0, Duration::from_secs(100));
+    }
+    assert_eq!(cache.purge(t0 + Duration::from_secs(10)), 5);
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.reserved(), 3);
+    assert_eq!(cache.order_len(), 3);
+}
+
+#[test]
+fn purge_period_is_bounded() {
+    assert_eq!(
+        purge_period(Duration::from_secs(300)),
+        Duration::from_secs(30)
+    );
+    assert_eq!(purge_period(Duration::from_secs(5)), Duration::from_secs(5));
+    assert_eq!(purge_period(Duration::ZERO), Duration::from_secs(1));
+}
+
+#[test]
+fn debug_shows_no_cache_contents() {
+    let ui = Userinfo::new(&config::Userinfo {
+        cache_ttl: MINUTE,
+        max_entries: 10,
+        timeout: Duration::from_secs(1),
+        on_error: OnError::Deny,
+    });
+    let t0 = Instant::now();
+    ui.cache
+        .insert(key(1), answer("secret-subject"), t0, MINUTE);
+    let text = format!("{ui:?}");
+    assert!(text.contains("entries: 1"), "{text}");
+    assert!(!text.contains("secret-subject"), "{text}");
+}
+
+#[test]
+fn judge_compares_subjects_and_maps_failures() {
+    let deny = Userinfo::new(&config::Userinfo {
+        cache_ttl: MINUTE,
+        max_entries: 10,
+        timeout: Duration::from_secs(1),
+        on_error: OnError::Deny,
+    });
+    let token = claims(json!({"sub": "alice", "scope": "read"}));
+    let ok = Fetched::Answer(Arc::new(claims(json!({"sub": "alice", "email": "a@x"}))));
+    match deny.judge(ok, &token) {
+        Ok(Outcome::Enriched(merged)) => assert_eq!(merged["email"], "a@x"),
+        other => panic!("{other:?}"),
+    }
+    let wrong = Fetched::Answer(Arc::new(claims(json!({"sub": "bob"}))));
+    let err = deny.judge(wrong, &token).unwrap_err();
+    assert_eq!(err.status(), 401);
+    assert_eq!(err.reason(), "userinfo_wrong_subject");
+    let no_sub = Fetched::Answer(Arc::new(claims(json!({"email": "a@x"}))));
+    assert!(deny.judge(no_sub.clone(), &token).is_err());
+    // A token without `sub` never matches, not even an answer without one.
+    assert!(deny
+        .judge(no_sub, &claims(json!({"client_id": "c"})))
+        .is_err());
+    let numeric = Fetched::Answer(Arc::new(claims(json!({"sub": 1}))));
+    assert!(deny.judge(numeric, &claims(json!({"sub": 1}))).is_err());
+
+    let rejected = deny.judge(Fetched::Rejected, &token).unwrap_err();
+    assert_eq!(
+        rejected,
+        Rejection::InvalidToken {
+            reason: "userinfo_rejected",
+            description: REJECTED_DESCRIPTION.into(),
+        }
+    );
+    let failed = Fetched::Failed(Failure::Status(500));
+    let err = deny.judge(failed.clone(), &token).unwrap_err();
+    assert_eq!(err.status(), 503);
+
+    let proceed = Userinfo::new(&config::Userinfo {
+        cache_ttl: MINUTE,
+        max_entries: 10,
+        timeout: Duration::from_secs(1),
+        on_error: OnError::Proceed,
+    });
+    assert!(matches!(
+        proceed.judge(failed, &token),
+        Ok(Outcome::Skipped("userinfo_unavailable"))
+    ));
+}
