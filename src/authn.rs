@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::config::{AuthMode, Config, Route};
@@ -28,6 +29,8 @@ pub struct Verified {
     pub exp: i64,
     /// Index into `Config::issuers`.
     pub issuer: usize,
+    /// SHA-256 of the whole token: the cache key of anything derived from this token.
+    pub token_sha256: [u8; 32],
     /// `"jwt"` (introspection and DPoP come later).
     pub auth: &'static str,
 }
@@ -153,6 +156,7 @@ pub async fn authenticate(
         claims: Arc::new(claims),
         exp,
         issuer: index,
+        token_sha256: Sha256::digest(token.as_bytes()).into(),
         auth: "jwt",
     }))
 }

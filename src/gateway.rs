@@ -23,10 +23,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::authn::{self, Issuers, Principal};
+use crate::authn::{self, Issuers, Principal, Verified};
 use crate::config::{Config, Route};
 use crate::forward::{self, UpstreamClient};
+use crate::identity::assertion::{AssertionInput, Minter};
 use crate::identity::headers::{self as claim_headers, ClaimPath};
+use crate::identity::jwks::PublishedJwks;
+use crate::identity::signing::SigningKey;
 use crate::policy::Decision;
 use crate::rejection::Rejection;
 use crate::route::{self, normalize::NormalizedPath};
@@ -36,6 +39,9 @@ use crate::telemetry::{self, AccessLine};
 use crate::token::claims::Claims;
 use crate::token::extract::{self, Credential};
 use crate::userinfo::{Outcome, Userinfo};
+
+/// Where the main listener publishes the identity verification keys (SPEC §5).
+pub const JWKS_PATH: &str = "/.well-known/tokengate/jwks.json";
 
 /// What a response body is: the upstream's, streamed, or one of our own small JSON answers.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -48,6 +54,10 @@ pub struct Gateway {
     upstream: UpstreamClient,
     issuers: Issuers,
     userinfo: Arc<Userinfo>,
+    /// Signs identity assertions; `None` without `[identity] signing_key`.
+    minter: Option<Minter>,
+    /// The verification keys, serialized once (SPEC §5).
+    jwks: PublishedJwks,
     /// `[identity.headers]` with each claim reference parsed once.
     claim_headers: Vec<(header::HeaderName, ClaimPath)>,
 }
@@ -90,6 +100,14 @@ impl ConnInfo {
 
 impl Gateway {
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let identity = &config.identity;
+        let key = identity
+            .signing_key
+            .as_deref()
+            .map(|path| SigningKey::load(path, identity.key_id.as_deref()))
+            .transpose()?;
+        let jwks = PublishedJwks::load(key.as_ref(), &identity.previous_keys)?;
+        let minter = key.map(|key| Minter::new(identity, key));
         let issuers = Issuers::start(&config)?;
         let userinfo = Userinfo::new(&config.userinfo);
         tokio::spawn(userinfo.clone().run_purger(issuers.stopped()));
@@ -98,6 +116,8 @@ impl Gateway {
             upstream: UpstreamClient::new(&config.upstream)?,
             issuers,
             userinfo,
+            minter,
+            jwks,
             claim_headers: config
                 .identity
                 .headers
@@ -143,6 +163,10 @@ impl Gateway {
         let host = request_host(&parts)?;
         let path = normalize(&parts, self.config.server.allow_path_parameters)?;
         line.path = Some(path.match_path.clone());
+        // The published keys take precedence over every route and are never authenticated.
+        if path.match_path == JWKS_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
+            return Ok(self.jwks.response().map(Either::Right));
+        }
         let route = self.match_route(&path, &parts.method, host.as_deref())?;
         line.route = Some(route.id.clone());
         let principal =
@@ -172,6 +196,11 @@ impl Gateway {
             .insert(X_REQUEST_ID.clone(), line.request_id.clone());
         if let Principal::Token(verified) = &principal {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &verified.claims);
+            if let Some(assertion) = self.mint(route, verified, &parts.method, &path)? {
+                parts
+                    .headers
+                    .insert(self.config.identity.header.clone(), assertion);
+            }
         }
         if let (false, Some(h)) = (parts.headers.contains_key(header::HOST), host_header) {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
@@ -187,6 +216,52 @@ impl Gateway {
         host: Option<&str>,
     ) -> Result<&Route, Rejection> {
         route::find(&self.config.routes, &path.match_path, method, host).ok_or(Rejection::NoRoute)
+    }
+
+    /// Identity phase (SPEC §5): the signed assertion for a verified caller.
+    fn mint(
+        &self,
+        route: &Route,
+        verified: &Verified,
+        method: &Method,
+        path: &NormalizedPath,
+    ) -> Result<Option<HeaderValue>, Rejection> {
+        let Some(minter) = &self.minter else {
+            return Ok(None);
+        };
+        let audience = match &route.audience {
+            Some(audience) => audience.as_str(),
+            None => {
+                &route
+                    .upstream
+                    .as_deref()
+                    .unwrap_or(&self.config.upstream.target)
+                    .origin
+            }
+        };
+        let input = AssertionInput {
+            claims: &verified.claims,
+            token_exp: verified.exp,
+            token_iss: &self.config.issuers[verified.issuer].issuer,
+            auth: verified.auth,
+            route_id: &route.id,
+            audience,
+            method: method.as_str(),
+            path: &path.forward_path,
+            cache_key: Some(verified.token_sha256),
+        };
+        minter
+            .mint(&input, authn::unix_now())
+            .map(Some)
+            .map_err(|error| {
+                tracing::error!(%error, route = %route.id, "cannot sign the identity assertion");
+                Rejection::Internal
+            })
+    }
+
+    /// The identity verification keys, for the admin listener's `/jwks.json`.
+    pub fn jwks(&self) -> &PublishedJwks {
+        &self.jwks
     }
 
     /// Enrichment phase (SPEC §4.5): on `userinfo = true` routes, the userinfo answer merged

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod forward;
 pub mod gateway;
 pub mod identity;
+pub mod keygen;
 pub mod policy;
 pub mod rejection;
 pub mod route;

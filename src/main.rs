@@ -33,6 +33,19 @@ enum Command {
     /// Validate the configuration without serving: exit 0 with a summary, or exit 1 with every
     /// problem as FILE:LINE: KEY.PATH: message.
     Check(ConfigArg),
+    /// Write a new PKCS#8 PEM private key for signing identity assertions (file mode 0600) and
+    /// print its kid (RFC 7638 thumbprint). Refuses to overwrite a file unless --force.
+    Keygen {
+        /// Signature algorithm: ES256 (P-256), EdDSA (Ed25519) or RS256 (RSA 2048).
+        #[arg(long, value_enum)]
+        alg: tokengate::keygen::KeygenAlg,
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Zero-setup local trial (NOT for production): starts a development issuer, an echo
     /// upstream and the proxy on loopback, and prints a token and curl commands to try.
     Demo,
@@ -57,6 +70,16 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Serve(args) => serve(&args.config),
         Command::Demo => demo(),
+        Command::Keygen { alg, out, force } => match tokengate::keygen::run(alg, &out, force) {
+            Ok(kid) => {
+                println!("{kid}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

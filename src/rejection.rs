@@ -43,6 +43,8 @@ pub enum Rejection {
     BadGateway,
     /// 504 `gateway_timeout`.
     GatewayTimeout,
+    /// 500 `internal_error`: something of ours failed (e.g. signing); details go to the log only.
+    Internal,
 }
 
 impl Rejection {
@@ -73,6 +75,7 @@ impl Rejection {
             Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::BadGateway => StatusCode::BAD_GATEWAY,
             Rejection::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -89,6 +92,7 @@ impl Rejection {
             Rejection::Unavailable { .. } => "unavailable",
             Rejection::BadGateway => "bad_gateway",
             Rejection::GatewayTimeout => "gateway_timeout",
+            Rejection::Internal => "internal_error",
         }
     }
 
@@ -104,6 +108,7 @@ impl Rejection {
             Rejection::Unavailable { .. } => "temporarily_unavailable",
             Rejection::BadGateway => "bad_gateway",
             Rejection::GatewayTimeout => "gateway_timeout",
+            Rejection::Internal => "internal_error",
         }
     }
 
@@ -123,6 +128,7 @@ impl Rejection {
             Rejection::Unavailable { description, .. } => Cow::Borrowed(description),
             Rejection::BadGateway => Cow::Borrowed("the upstream could not be reached"),
             Rejection::GatewayTimeout => Cow::Borrowed("the upstream did not answer in time"),
+            Rejection::Internal => Cow::Borrowed("the proxy failed to handle the request"),
         }
     }
 

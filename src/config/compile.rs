@@ -13,6 +13,7 @@ use http::header::HeaderName;
 
 use super::check::*;
 use super::ctx::{all, non_empty, Checked, Ctx, Zero};
+use super::files::FileKind;
 use super::issuers::{algorithm_list, issuers};
 use super::locate::KeyPath;
 use super::model::*;
@@ -131,11 +132,11 @@ fn server(ctx: &mut Ctx<'_>, raw: Option<raw::RawServer>, p: &KeyPath) -> Checke
 fn tls(ctx: &mut Ctx<'_>, raw: raw::RawTls, p: &KeyPath) -> Checked<TlsFiles> {
     let cert = ctx
         .required(raw.cert, &p.key("cert"))
-        .and_then(|v| ctx.file_path(v, &p.key("cert")));
+        .and_then(|v| ctx.file_path(v, &p.key("cert"), FileKind::Certificates));
     let key = ctx
         .required(raw.key, &p.key("key"))
-        .and_then(|v| ctx.file_path(v, &p.key("key")));
-    let client_ca = ctx.opt_file(raw.client_ca, &p.key("client_ca"));
+        .and_then(|v| ctx.file_path(v, &p.key("key"), FileKind::TlsKey));
+    let client_ca = ctx.opt_file(raw.client_ca, &p.key("client_ca"), FileKind::Certificates);
     Ok(TlsFiles {
         cert: cert?,
         key: key?,
@@ -187,7 +188,7 @@ fn upstream(ctx: &mut Ctx<'_>, raw: Option<raw::RawUpstream>, p: &KeyPath) -> Ch
         Duration::from_secs(60),
         Zero::Rejected,
     );
-    let ca_file = ctx.opt_file(raw.ca_file, &p.key("ca_file"));
+    let ca_file = ctx.opt_file(raw.ca_file, &p.key("ca_file"), FileKind::Certificates);
     Ok(Upstream {
         target: Arc::new(url?),
         connect_timeout: connect_timeout?,
@@ -282,13 +283,13 @@ fn identity(ctx: &mut Ctx<'_>, raw: raw::RawIdentity, p: &KeyPath) -> Checked<Id
         &at("issuer"),
         non_empty(raw.issuer.unwrap_or_else(|| "tokengate".to_owned())),
     );
-    let signing_key = ctx.opt_file(raw.signing_key, &at("signing_key"));
+    let signing_key = ctx.opt_file(raw.signing_key, &at("signing_key"), FileKind::SigningKey);
     let key_id = ctx.opt_text(raw.key_id, &at("key_id"));
     let previous = raw.previous_keys.unwrap_or_default();
     let previous_keys = all(previous
         .into_iter()
         .enumerate()
-        .map(|(i, f)| ctx.file_path(f, &at("previous_keys").index(i)))
+        .map(|(i, f)| ctx.file_path(f, &at("previous_keys").index(i), FileKind::PublicKey))
         .collect());
     let ttl = ctx.duration(raw.ttl, &at("ttl"), Duration::from_secs(60), Zero::Rejected);
     let claims = match raw.claims {

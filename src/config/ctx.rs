@@ -13,6 +13,7 @@ use std::time::Duration;
 use toml_edit::{DocumentMut, ImDocument};
 
 use super::duration::parse_duration;
+use super::files::FileKind;
 use super::load::{Loaded, Problem};
 use super::locate::{line_of, remove, KeyPath};
 use super::model::Config;
@@ -181,7 +182,12 @@ impl Ctx<'_> {
 
     /// A file path, resolved against the configuration's directory; with `load_file`, it must
     /// name a readable file.
-    pub(super) fn file_path(&mut self, value: String, path: &KeyPath) -> Checked<PathBuf> {
+    pub(super) fn file_path(
+        &mut self,
+        value: String,
+        path: &KeyPath,
+        kind: FileKind,
+    ) -> Checked<PathBuf> {
         if value.is_empty() {
             return Err(self.error(path, "must not be empty"));
         }
@@ -189,7 +195,12 @@ impl Ctx<'_> {
         if self.check_files {
             let readable = std::fs::File::open(&resolved).and_then(|f| f.metadata());
             match readable {
-                Ok(meta) if meta.is_file() => {}
+                Ok(meta) if meta.is_file() => {
+                    if let Err(message) = kind.validate(&resolved) {
+                        let shown = resolved.display().to_string();
+                        return Err(self.error(path, format!("{shown:?}: {message}")));
+                    }
+                }
                 Ok(_) => {
                     return Err(self.error(
                         path,
@@ -211,8 +222,9 @@ impl Ctx<'_> {
         &mut self,
         value: Option<String>,
         path: &KeyPath,
+        kind: FileKind,
     ) -> Checked<Option<PathBuf>> {
-        value.map(|v| self.file_path(v, path)).transpose()
+        value.map(|v| self.file_path(v, path, kind)).transpose()
     }
 
     pub(super) fn finish(self, config: Option<Config>) -> Result<Loaded, Vec<Problem>> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::check::*;
 use super::ctx::{all, non_empty, unique, Checked, Ctx, Zero};
+use super::files::FileKind;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw;
@@ -112,7 +113,7 @@ fn issuer(ctx: &mut Ctx<'_>, raw: raw::RawIssuer, p: &KeyPath) -> Checked<Issuer
             )),
             _ => Ok(min),
         });
-    let ca_file = ctx.opt_file(raw.ca_file, &at("ca_file"));
+    let ca_file = ctx.opt_file(raw.ca_file, &at("ca_file"), FileKind::Certificates);
     let require_typ = ctx
         .opt_text(raw.require_typ, &at("require_typ"))
         .and_then(|t| {

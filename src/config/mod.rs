@@ -16,6 +16,7 @@ mod compile;
 mod ctx;
 mod duration;
 mod env;
+mod files;
 mod issuers;
 mod load;
 mod locate;

@@ -1400,8 +1400,17 @@ impl Drop for TempDir {
 #[test]
 fn relative_file_paths_resolve_against_the_config_directory() {
     let tmp = TempDir::new("relative");
-    std::fs::write(tmp.0.join("keys/id.pem"), "pem").expect("write key");
-    std::fs::write(tmp.0.join("keys/old.pem"), "pem").expect("write key");
+    let key = |alg| crate::keygen::generate(alg).expect("generate key").0;
+    std::fs::write(
+        tmp.0.join("keys/id.pem"),
+        key(crate::keygen::KeygenAlg::Es256),
+    )
+    .expect("write key");
+    std::fs::write(
+        tmp.0.join("keys/old.pem"),
+        key(crate::keygen::KeygenAlg::EdDsa),
+    )
+    .expect("write key");
     let file = tmp.0.join("tokengate.toml");
     std::fs::write(
         &file,
@@ -1437,18 +1446,26 @@ fn missing_referenced_files_are_reported_at_their_keys() {
     let problems = load_file(&file).expect_err("invalid");
     let key = tmp.0.join("key.pem").display().to_string();
     let dir = tmp.0.join("keys").display().to_string();
-    assert_eq!(problems.len(), 2, "{:?}", lines(&problems));
-    assert_eq!(problems[0].line, 5);
-    assert_eq!(problems[0].path, "server.tls.key");
+    let cert = tmp.0.join("cert.pem").display().to_string();
+    assert_eq!(problems.len(), 3, "{:?}", lines(&problems));
+    // A file that exists but holds no certificate is reported too (SPEC §2: "missing or invalid").
+    assert_eq!(problems[0].line, 4);
+    assert_eq!(problems[0].path, "server.tls.cert");
+    assert_eq!(
+        problems[0].message,
+        format!("{cert:?}: holds no PEM certificate (BEGIN CERTIFICATE)")
+    );
+    assert_eq!(problems[1].line, 5);
+    assert_eq!(problems[1].path, "server.tls.key");
     assert!(
-        problems[0]
+        problems[1]
             .message
             .starts_with(&format!("cannot read {key:?}: ")),
         "{}",
-        problems[0]
+        problems[1]
     );
     assert_eq!(
-        problems[1].to_string(),
+        problems[2].to_string(),
         format!(
             "{}:8: upstream.ca_file: {dir:?} is not a file",
             file.display()

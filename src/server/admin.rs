@@ -60,6 +60,7 @@ fn answer(gateway: &SharedGateway, req: &Request<Incoming>) -> Response<Full<Byt
     }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/jwks.json" => gateway.load().jwks().response(),
         "/readyz" => {
             let missing = gateway.load().not_ready_issuers();
             if missing.is_empty() {

@@ -372,7 +372,8 @@ fn merge(base: &mut Map<String, Value>, extra: Value) {
     }
 }
 
-fn now() -> u64 {
+/// Current unix time in seconds.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
