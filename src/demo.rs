@@ -141,6 +141,14 @@ fn echo(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             )
         })
         .collect();
+    // Shown decoded for the demo only; a real backend verifies it with the proxy's JWKS.
+    let assertion = req
+        .headers()
+        .get("x-identity-assertion")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|jws| jws.split('.').nth(1))
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     json_response(
         StatusCode::OK,
         &json!({
@@ -148,6 +156,7 @@ fn echo(req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "method": req.method().as_str(),
                 "path": req.uri().path_and_query().map(|p| p.as_str()),
                 "headers": headers,
+                "identity_assertion_decoded": assertion,
             }
         }),
     )
@@ -172,6 +181,9 @@ issuer = "{issuer}"
 audiences = ["{AUDIENCE}"]
 algorithms = ["ES256"]
 
+[identity]
+signing_key = "identity.pem"
+
 [identity.headers]
 X-Auth-Subject = "sub"
 X-Auth-Email = "email"
@@ -193,6 +205,13 @@ id = "orders"
 path_prefix = "/orders"
 auth = "required"
 scopes = ["orders:read"]
+
+[[route]]
+id = "profile"
+path = "/profile"
+auth = "required"
+userinfo = true                  # fresh name/email from the issuer, cached
+userinfo_max_age = "30s"
 "#
     )
 }
@@ -215,6 +234,12 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), 
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path: PathBuf = dir.join("tokengate.toml");
     std::fs::write(&path, demo_config(&issuer.url, upstream)).map_err(|e| e.to_string())?;
+    crate::keygen::run(
+        crate::keygen::KeygenAlg::Es256,
+        &dir.join("identity.pem"),
+        true,
+    )
+    .map_err(|e| e.to_string())?;
     let loaded = config::load_file(&path).map_err(|problems| {
         problems
             .iter()
@@ -297,8 +322,15 @@ fn print_instructions(
     println!("A valid access token (sub=demo-user, scope=\"openid orders:read\", 1 hour):");
     println!("TOKEN={token}");
     println!();
-    println!("Allowed (200; the upstream echoes the identity headers it received):");
+    println!("Allowed (200; the upstream echoes what it received, the signed identity assertion");
+    println!("decoded, and the plain X-Auth-* claim headers):");
     println!("curl -s -H \"Authorization: Bearer {token}\" http://{proxy}/orders/42");
+    println!();
+    println!("Allowed, enriched from the issuer's /userinfo (cached for 30 s):");
+    println!("curl -s -H \"Authorization: Bearer {token}\" http://{proxy}/profile");
+    println!();
+    println!("The keys a backend uses to verify the assertion:");
+    println!("curl -s http://{proxy}/.well-known/tokengate/jwks.json");
     println!();
     println!("Denied (403 insufficient_scope: /admin needs scope \"admin\"):");
     println!("curl -s -i -H \"Authorization: Bearer {token}\" http://{proxy}/admin/users");
