@@ -10,6 +10,10 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+mod cache;
+
+use cache::{Entry, VerifiedCache};
+
 use crate::config::{AuthMode, Config, Route};
 use crate::rejection::Rejection;
 use crate::token::claims::{date_claim, Claims, Round};
@@ -19,6 +23,9 @@ use crate::token::jwt::{self, JwtError};
 
 /// How long a client is told to wait when an issuer's keys are unavailable.
 const RETRY_AFTER_SECS: u32 = 5;
+
+/// Verified tokens remembered per configuration generation (see `cache.rs`).
+const VERIFIED_CACHE_ENTRIES: usize = 100_000;
 
 /// A caller whose token passed every check of SPEC §4.4.
 #[derive(Debug)]
@@ -55,6 +62,7 @@ pub enum Principal {
 pub struct Issuers {
     keys: Vec<Arc<IssuerKeys>>,
     stop: watch::Sender<bool>,
+    verified: VerifiedCache,
 }
 
 impl std::fmt::Debug for Issuers {
@@ -76,7 +84,11 @@ impl Issuers {
             tokio::spawn(state.clone().run(stop_rx.clone()));
             keys.push(state);
         }
-        Ok(Issuers { keys, stop })
+        Ok(Issuers {
+            keys,
+            stop,
+            verified: VerifiedCache::new(VERIFIED_CACHE_ENTRIES),
+        })
     }
 
     /// A receiver that turns `true` when these issuers are dropped (for tasks tied to them).
@@ -131,11 +143,38 @@ pub async fn authenticate(
     if token.len() > config.server.max_token_bytes {
         return Err(invalid("malformed", "token exceeds max_token_bytes".into()));
     }
-    let parsed = jwt::parse(token).map_err(reject)?;
-    let index = select_issuer(route, config, parsed.unverified_issuer())?;
-    let state = issuers.get(index).ok_or_else(|| reject(JwtError::NoKeys))?;
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let now = unix_now();
-    let claims = match jwt::verify(&parsed, state.keys().as_deref(), state.issuer(), now) {
+    let fingerprint = |index: usize| issuers.get(index)?.keys().map(|k| k.fingerprint());
+    let entry = match issuers.verified.get(&hash, now, fingerprint) {
+        Some(hit) => hit,
+        None => issuers
+            .verified
+            .insert(hash, verify(token, config, issuers, now).await?, now),
+    };
+    // Per route, on every request, cached or not.
+    allowed_on(route, entry.issuer)?;
+    Ok(Principal::Token(Verified {
+        claims: entry.claims.clone(),
+        exp: entry.exp,
+        issuer: entry.issuer,
+        token_sha256: hash,
+        auth: "jwt",
+    }))
+}
+
+/// The full SPEC §4.4 verification of one token, whatever route it is for.
+async fn verify(
+    token: &str,
+    config: &Config,
+    issuers: &Issuers,
+    now: i64,
+) -> Result<Entry, Rejection> {
+    let parsed = jwt::parse(token).map_err(reject)?;
+    let index = select_issuer(config, parsed.unverified_issuer())?;
+    let state = issuers.get(index).ok_or_else(|| reject(JwtError::NoKeys))?;
+    let mut keys = state.keys();
+    let claims = match jwt::verify(&parsed, keys.as_deref(), state.issuer(), now) {
         Err(JwtError::UnknownKid) => {
             // A rotation the periodic refresh has not seen yet; at most one fetch per
             // jwks_min_refresh, and never a wait on someone else's refresh.
@@ -143,7 +182,9 @@ pub async fn authenticate(
                 .refresh_for_unknown_kid()
                 .await
                 .ok_or_else(|| reject(JwtError::UnknownKid))?;
-            jwt::verify(&parsed, Some(&fresh), state.issuer(), unix_now()).map_err(reject)?
+            let claims = jwt::verify(&parsed, Some(&fresh), state.issuer(), unix_now());
+            keys = Some(fresh);
+            claims.map_err(reject)?
         }
         other => other.map_err(reject)?,
     };
@@ -152,31 +193,40 @@ pub async fn authenticate(
         .ok()
         .flatten()
         .unwrap_or(now);
-    Ok(Principal::Token(Verified {
-        claims: Arc::new(claims),
-        exp,
+    let skew = i64::try_from(state.issuer().clock_skew.as_secs()).unwrap_or(i64::MAX);
+    Ok(Entry {
         issuer: index,
-        token_sha256: Sha256::digest(token.as_bytes()).into(),
-        auth: "jwt",
-    }))
+        // An HMAC-verified token depends on the configured secret only, not on the key set.
+        keys: if parsed.alg().is_hmac() {
+            None
+        } else {
+            keys.map(|k| k.fingerprint())
+        },
+        exp,
+        expires_at: exp.saturating_add(skew),
+        claims: Arc::new(claims),
+    })
 }
 
-/// The token's `iss` picks the issuer (exact match); the route's `issuers` list restricts which
-/// are accepted. Signature and every other claim are checked afterwards with that issuer's keys,
-/// so a token claiming issuer B but signed by A's key fails there.
-fn select_issuer(route: &Route, config: &Config, iss: Option<&str>) -> Result<usize, Rejection> {
+/// The token's `iss` picks the issuer (exact match). Signature and every other claim are checked
+/// afterwards with that issuer's keys, so a token claiming issuer B but signed by A's key fails.
+fn select_issuer(config: &Config, iss: Option<&str>) -> Result<usize, Rejection> {
     let iss = iss.ok_or_else(|| invalid("wrong_issuer", "token has no iss claim".into()))?;
-    let index = config
+    config
         .issuers
         .iter()
         .position(|i| i.issuer == iss)
-        .ok_or_else(|| reject(JwtError::WrongIssuer))?;
+        .ok_or_else(|| reject(JwtError::WrongIssuer))
+}
+
+/// A route's `issuers` list restricts which issuers' tokens it accepts.
+fn allowed_on(route: &Route, issuer: usize) -> Result<(), Rejection> {
     match &route.issuers {
-        Some(allowed) if !allowed.contains(&index) => Err(invalid(
+        Some(allowed) if !allowed.contains(&issuer) => Err(invalid(
             "wrong_issuer",
             "token issuer is not accepted on this route".into(),
         )),
-        _ => Ok(index),
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,158 @@
+//! The verified-token cache: a token whose signature and claims were checked once is not
+//! checked again while nothing that decided it can have changed.
+//!
+//! Keyed by SHA-256 of the whole token (never a prefix, never the raw token). An entry remembers
+//! the issuer that verified it, the fingerprint of that issuer's key set at the time, and the
+//! token's `exp`. A hit is served only when the issuer's current key set has the same
+//! fingerprint (a rotation drops every entry of that issuer at once) and `now < exp +
+//! clock_skew`; everything per route (the route's `issuers` list, policy, userinfo) is still
+//! evaluated on every request by the caller. `nbf` and `iat` need no re-check: they only become
+//! more valid with time. The cache belongs to one configuration generation, so a reload starts
+//! empty.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::token::claims::Claims;
+
+/// A token that passed every check of SPEC §4.4.
+#[derive(Debug)]
+pub struct Entry {
+    pub issuer: usize,
+    /// `KeySet::fingerprint` of the issuer's keys that verified it (`None`: HMAC-verified).
+    pub keys: Option<[u8; 32]>,
+    pub exp: i64,
+    /// `exp + clock_skew`: the first second it is no longer accepted.
+    pub expires_at: i64,
+    pub claims: Arc<Claims>,
+}
+
+pub struct VerifiedCache {
+    entries: DashMap<[u8; 32], Arc<Entry>>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for VerifiedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedCache")
+            .field("len", &self.entries.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl VerifiedCache {
+    pub fn new(capacity: usize) -> Self {
+        VerifiedCache {
+            entries: DashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The entry for this token hash, if it is still valid at `now` for the key set it was
+    /// verified with. `current_keys` is the issuer's key-set fingerprint now.
+    pub fn get(
+        &self,
+        token: &[u8; 32],
+        now: i64,
+        current_keys: impl FnOnce(usize) -> Option<[u8; 32]>,
+    ) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(token).map(|e| e.value().clone())?;
+        if now >= entry.expires_at
+            || (entry.keys.is_some() && current_keys(entry.issuer) != entry.keys)
+        {
+            self.entries.remove(token);
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Remembers a verified token. At capacity, expired entries go first; if that frees too
+    /// little, an arbitrary eighth is dropped (the bound always holds; a miss only costs one
+    /// verification).
+    pub fn insert(&self, token: [u8; 32], entry: Entry, now: i64) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        if self.capacity == 0 {
+            return entry;
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|_, e| now < e.expires_at);
+            let excess = self
+                .entries
+                .len()
+                .saturating_sub(self.capacity - self.capacity / 8);
+            if excess > 0 {
+                let doomed: Vec<[u8; 32]> =
+                    self.entries.iter().take(excess).map(|e| *e.key()).collect();
+                for key in doomed {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        self.entries.insert(token, entry.clone());
+        entry
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(issuer: usize, keys: Option<[u8; 32]>, expires_at: i64) -> Entry {
+        Entry {
+            issuer,
+            keys,
+            exp: expires_at,
+            expires_at,
+            claims: Arc::new(Claims::new()),
+        }
+    }
+
+    #[test]
+    fn a_hit_needs_the_same_key_set_and_an_unexpired_token() {
+        let cache = VerifiedCache::new(10);
+        cache.insert([1; 32], entry(0, Some([7; 32]), 100), 0);
+        assert!(cache.get(&[1; 32], 50, |_| Some([7; 32])).is_some());
+        // A rotated key set drops the entry.
+        assert!(cache.get(&[1; 32], 50, |_| Some([8; 32])).is_none());
+        assert!(cache.get(&[1; 32], 50, |_| Some([7; 32])).is_none());
+        // Past exp + skew: gone.
+        cache.insert([2; 32], entry(0, Some([7; 32]), 100), 0);
+        assert!(cache.get(&[2; 32], 100, |_| Some([7; 32])).is_none());
+        // An issuer whose keys are gone entirely: gone.
+        cache.insert([3; 32], entry(0, Some([7; 32]), 100), 0);
+        assert!(cache.get(&[3; 32], 1, |_| None).is_none());
+        // Another token never hits.
+        cache.insert([4; 32], entry(0, Some([7; 32]), 100), 0);
+        assert!(cache.get(&[5; 32], 1, |_| Some([7; 32])).is_none());
+    }
+
+    #[test]
+    fn the_bound_always_holds() {
+        let cache = VerifiedCache::new(64);
+        for i in 0..10_000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(key, entry(0, None, 1_000), 0);
+            assert!(cache.len() <= 64);
+        }
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_first() {
+        let cache = VerifiedCache::new(4);
+        for i in 0..3u8 {
+            cache.insert([i; 32], entry(0, None, 10), 0);
+        }
+        cache.insert([9; 32], entry(0, None, 1_000), 0);
+        cache.insert([10; 32], entry(0, None, 1_000), 20);
+        assert!(cache.get(&[9; 32], 20, |_| None).is_some());
+        assert!(cache.get(&[10; 32], 20, |_| None).is_some());
+    }
+}

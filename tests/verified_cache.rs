@@ -1,0 +1,108 @@
+//! The verified-token cache never serves a wrong answer: per-route issuer restrictions and
+//! policies still apply to a cached token, an expired token is refused even when cached, and a
+//! key rotation drops cached verifications made with the old keys.
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::echo::Echo;
+use support::issuer::MockIssuer;
+use support::{get, Answer, Proxy};
+
+async fn start(a: &MockIssuer, b: &MockIssuer, echo: &Echo) -> Proxy {
+    let proxy = Proxy::start(&support::config(
+        echo.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}clock_skew = \"0s\"\n\n{}\n\
+             [[route]]\nid = \"only-b\"\npath = \"/b\"\nissuers = [\"b\"]\n\n\
+             [[route]]\nid = \"scoped\"\npath = \"/scoped\"\nscopes = [\"admin\"]\n\n\
+             [[route]]\nid = \"any\"\npath_prefix = \"/\"\n",
+            a.config_toml("a", &["api"]),
+            b.config_toml("b", &["api"]),
+        ),
+    ))
+    .await;
+    let ready = format!("http://{}/readyz", proxy.admin.unwrap());
+    for _ in 0..100 {
+        if get(&ready, &[]).await.status == 200 {
+            return proxy;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("issuers never became ready");
+}
+
+async fn call(proxy: &Proxy, path: &str, token: &str) -> Answer {
+    get(
+        &proxy.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_cached_token_still_meets_each_routes_issuer_list_and_policy() {
+    let (a, b, echo) = (
+        MockIssuer::start().await,
+        MockIssuer::start().await,
+        Echo::start().await,
+    );
+    let proxy = start(&a, &b, &echo).await;
+    let token = a.token("ES256", json!({"scope": "read"}));
+    assert_eq!(call(&proxy, "/x", &token).await.status, 200);
+    assert_eq!(call(&proxy, "/x", &token).await.status, 200);
+    assert_eq!(call(&proxy, "/b", &token).await.status, 401);
+    assert_eq!(call(&proxy, "/scoped", &token).await.status, 403);
+    let b_token = b.token("ES256", json!({"scope": "admin"}));
+    assert_eq!(call(&proxy, "/b", &b_token).await.status, 200);
+    assert_eq!(call(&proxy, "/scoped", &b_token).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_it_expires() {
+    let (a, b, echo) = (
+        MockIssuer::start().await,
+        MockIssuer::start().await,
+        Echo::start().await,
+    );
+    let proxy = start(&a, &b, &echo).await;
+    let exp = support::issuer::now() + 2;
+    let token = a.token("ES256", json!({"exp": exp}));
+    assert_eq!(call(&proxy, "/x", &token).await.status, 200);
+    while support::issuer::now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = call(&proxy, "/x", &token).await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.json()["error_description"]
+        .as_str()
+        .is_some_and(|d| d.contains("expired")));
+}
+
+#[tokio::test]
+async fn a_key_rotation_drops_verifications_made_with_the_old_keys() {
+    let (a, b, echo) = (
+        MockIssuer::start().await,
+        MockIssuer::start().await,
+        Echo::start().await,
+    );
+    let proxy = start(&a, &b, &echo).await;
+    let old = a.token("ES256", json!({}));
+    assert_eq!(call(&proxy, "/x", &old).await.status, 200);
+    // The issuer rotates: the old key disappears from its JWKS. A token with a new kid makes
+    // the proxy refresh (the first load does not count against jwks_min_refresh).
+    a.rotate();
+    let new = a.token("ES256", json!({}));
+    let mut status = 0;
+    for _ in 0..50 {
+        status = call(&proxy, "/x", &new).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the rotated key was never picked up");
+    // The old token was cached, but its key is gone: it must be refused now.
+    assert_eq!(call(&proxy, "/x", &old).await.status, 401);
+}
