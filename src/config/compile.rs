@@ -19,6 +19,7 @@ use super::locate::KeyPath;
 use super::model::*;
 use super::raw::{self, RawConfig};
 use super::routes::routes;
+use crate::identity::assertion::SET_BY_PROXY;
 use crate::policy::claim_path;
 
 pub(super) fn compile(ctx: &mut Ctx<'_>, raw: RawConfig) -> Checked<Config> {
@@ -257,20 +258,6 @@ fn userinfo(ctx: &mut Ctx<'_>, raw: raw::RawUserinfo, p: &KeyPath) -> Checked<Us
     })
 }
 
-/// Claims of the assertion that tokengate sets itself (SPEC §5), so they cannot be copied.
-const ASSERTION_CLAIMS: [&str; 10] = [
-    "iss",
-    "aud",
-    "iat",
-    "exp",
-    "jti",
-    "route",
-    "token_iss",
-    "auth",
-    "htm",
-    "htp",
-];
-
 const DEFAULT_IDENTITY_CLAIMS: [&str; 6] = ["sub", "email", "name", "groups", "scope", "client_id"];
 
 fn identity(ctx: &mut Ctx<'_>, raw: raw::RawIdentity, p: &KeyPath) -> Checked<Identity> {
@@ -323,7 +310,7 @@ fn identity_claims(ctx: &mut Ctx<'_>, list: Vec<String>, p: &KeyPath) -> Checked
             Err("must not be empty".to_owned())
         } else if claim.starts_with('/') {
             Err("identity.claims holds top-level claim names; JSON Pointers are for [identity.headers] and route claims".to_owned())
-        } else if ASSERTION_CLAIMS.contains(&claim.as_str()) {
+        } else if SET_BY_PROXY.contains(&claim.as_str()) {
             Err(format!(
                 "{claim:?} is set by tokengate itself and cannot be copied from the token"
             ))

@@ -64,10 +64,10 @@ use crate::token::claims::Claims;
 pub const CACHE_CAPACITY: usize = 8192;
 /// The largest safety margin before `exp` at which a cached assertion stops being reused.
 const MAX_REFRESH_MARGIN: i64 = 10;
-/// Claims the minter writes itself; a `[identity].claims` entry never overrides them.
-const OWN_CLAIMS: [&str; 11] = [
+/// Claims the minter always sets itself (SPEC §5); the config loader refuses them in
+/// `[identity].claims`. `sub` is set by the minter too, but may be listed (it is by default).
+pub const SET_BY_PROXY: [&str; 10] = [
     "iss",
-    "sub",
     "aud",
     "iat",
     "exp",
@@ -147,7 +147,7 @@ impl Minter {
             claims: identity
                 .claims
                 .iter()
-                .filter(|c| !OWN_CLAIMS.contains(&c.as_str()))
+                .filter(|c| c.as_str() != "sub" && !SET_BY_PROXY.contains(&c.as_str()))
                 .cloned()
                 .collect(),
             bind_request: identity.bind_request,
