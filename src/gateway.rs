@@ -36,7 +36,7 @@ use crate::route::{self, normalize::NormalizedPath};
 use crate::scrub::{self, ScrubRules, X_REQUEST_ID};
 use crate::server::framing_guard::HeadFlags;
 use crate::telemetry::{self, AccessLine};
-use crate::token::claims::Claims;
+use crate::token::claims::{str_claim, Claims};
 use crate::token::extract::{self, Credential};
 use crate::userinfo::{Outcome, Userinfo};
 
@@ -172,13 +172,13 @@ impl Gateway {
         let principal =
             authn::authenticate(route, &parts.headers, &self.config, &self.issuers).await?;
         let principal = self.enrich(route, principal, &parts, line).await?;
-        authorize(route, &principal)?;
         if let Principal::Token(verified) = &principal {
+            // Before the policy runs, so a 403 is logged with who was refused.
             line.auth = Some(verified.auth);
-            line.sub = crate::token::claims::str_claim(&verified.claims, "sub").map(str::to_owned);
-            line.client_id =
-                crate::token::claims::str_claim(&verified.claims, "client_id").map(str::to_owned);
+            line.sub = str_claim(&verified.claims, "sub").map(str::to_owned);
+            line.client_id = str_claim(&verified.claims, "client_id").map(str::to_owned);
         }
+        authorize(route, &principal)?;
         let upgrade = is_upgrade(&parts);
         let host_header = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
         scrub::request_headers(
