@@ -1,0 +1,644 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of tokengate against no proxy and a bare hyper forwarder (issue 8).
+#
+#   bench/run.sh            # full run: 3 interleaved rounds, 10 s per row at c=64, 5 s at c=1
+#   bench/run.sh --quick    # smoke test: 1 round, 1 s per row, c=8, few tokens (numbers meaningless)
+#   bench/run.sh --help     # every option
+#
+# Builds in release mode, installs wrk (and taskset, curl) when missing, starts every process on
+# 127.0.0.1 with free ports, runs the rows interleaved, measures memory, runs the crypto
+# micro-benchmark, prints Markdown tables, and stops every process it started. See bench/README.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=3
+DURATION=10
+LAT_DURATION=
+CONNS=64
+TOKENS=100000
+IDLE_CONNS=10000
+STREAM_MIB=1024
+USERINFO_DELAY_MS=20
+QUICK=0
+PARTIAL=0
+BUILD=1
+CRYPTO=1
+MEMORY=1
+WARMUP=1
+KEEP=0
+LOG_LEVEL=${TOKENGATE_LOG:-info}
+LOAD_CPUS=${LOAD_CPUS:-0}
+SERVER_CPUS=${SERVER_CPUS:-1}
+
+usage() {
+  cat <<EOF
+usage: bench/run.sh [options]
+  --quick               1 round, 1 s per row, c=8, 2000 tokens, 500 idle connections, 64 MiB stream
+  --rounds N            interleaved rounds (default $ROUNDS)
+  --duration S          seconds per row at c=64 (default $DURATION)
+  --latency-duration S  seconds per row at c=1 (default: half of --duration, at least 1)
+  --conns N             connections of the throughput runs (default $CONNS)
+  --tokens N            tokens pre-minted for row 5 (default $TOKENS)
+  --idle-conns N        idle keep-alive connections for the memory test (default $IDLE_CONNS)
+  --stream-mib N        MiB streamed each way for the peak-RSS test (default $STREAM_MIB)
+  --log-level L         TOKENGATE_LOG of the tokengate processes (default: info, the production default)
+  --partial             also measure rows whose feature is missing, marked "partial"
+  --no-build            use the binaries already in target/release
+  --no-crypto           skip the criterion micro-benchmark
+  --no-memory           skip the memory measurements
+  --keep                keep the work directory (configs, tokens, logs)
+environment: LOAD_CPUS (default 0) and SERVER_CPUS (default 1) for taskset; CARGO_TARGET_DIR.
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1; ROUNDS=1; DURATION=1; LAT_DURATION=1; CONNS=8; TOKENS=2000
+             IDLE_CONNS=500; STREAM_MIB=64; WARMUP=0 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --latency-duration) LAT_DURATION=$2; shift ;;
+    --conns) CONNS=$2; shift ;;
+    --tokens) TOKENS=$2; shift ;;
+    --idle-conns) IDLE_CONNS=$2; shift ;;
+    --stream-mib) STREAM_MIB=$2; shift ;;
+    --log-level) LOG_LEVEL=$2; shift ;;
+    --partial) PARTIAL=1 ;;
+    --no-build) BUILD=0 ;;
+    --no-crypto) CRYPTO=0 ;;
+    --no-memory) MEMORY=0 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[ -n "$LAT_DURATION" ] || LAT_DURATION=$(( DURATION / 2 > 0 ? DURATION / 2 : 1 ))
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------------
+# Tools
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
+  say "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+if [ "$BUILD" = 1 ]; then
+  say "building (release) ..."
+  (cd "$ROOT" && cargo build --release --locked --bins --quiet)
+  if [ "$CRYPTO" = 1 ]; then
+    out=$(cd "$ROOT" && cargo bench --locked --bench crypto --no-run 2>&1) || { say "$out"; die "cargo bench --no-run failed"; }
+  fi
+fi
+for b in tokengate bare-forwarder bench-issuer; do
+  [ -x "$BIN/$b" ] || die "$BIN/$b not found (build with: cargo build --release --bins)"
+done
+
+# Pinning: the load generator on LOAD_CPUS, every server on SERVER_CPUS.
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ]; then
+  PIN_NOTE="load generator (wrk) pinned to CPU $LOAD_CPUS; every server (upstream, issuer, bare forwarder, tokengate) pinned to CPU $SERVER_CPUS (taskset)"
+  LOAD_PIN=(taskset -c "$LOAD_CPUS")
+  SERVER_PIN=(taskset -c "$SERVER_CPUS")
+  SERVER_CORES=$(taskset -c "$SERVER_CPUS" nproc)
+else
+  PIN_NOTE="only $NCPU CPU: no pinning, load generator and servers share it (ratios are less meaningful)"
+  LOAD_PIN=()
+  SERVER_PIN=()
+  SERVER_CORES=$NCPU
+fi
+
+export TOKENGATE_LOG=$LOG_LEVEL
+
+# More descriptors for the idle-connection test (inherited by every process started below).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+# ------------------------------------------------------------------------------------------------
+# Process bookkeeping: everything started is killed on exit, Ctrl-C or failure.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local pid mine=()
+  # Only our own children (a pid is checked against our pid before it is signalled).
+  for pid in "${PIDS[@]}"; do
+    [ "$(cut -d' ' -f4 "/proc/$pid/stat" 2>/dev/null)" = "$$" ] && mine+=("$pid")
+  done
+  PIDS=("${mine[@]}")
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do
+      case "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" in ''|Z|X) ;; *) alive=1 ;; esac
+    done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$KEEP" = 1 ]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: starts a pinned server, logs to $WORK/NAME.log, records its pid in PID_NAME.
+start() {
+  local name=$1; shift
+  "${SERVER_PIN[@]}" "$@" >>"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+}
+
+# forget PID: a process we stopped and reaped ourselves.
+forget() { local p keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+
+# wait_http URL [SECS]: until URL answers 200.
+wait_http() {
+  local deadline=$(( $(date +%s) + ${2:-30} ))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f MiB", kb / 1024 }'; }
+
+# ------------------------------------------------------------------------------------------------
+# Ports, keys, tokens
+mapfile -t PORTS < <("$BIN/bench-issuer" ports 17)
+P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}
+ISSUER_URL="http://127.0.0.1:$P_ISS"
+UPSTREAM_URL="http://127.0.0.1:$P_UP"
+
+say "minting $TOKENS RS256 tokens ..."
+"$BIN/bench-issuer" mint --key "$WORK/issuer-rsa.pem" --issuer "$ISSUER_URL" \
+  --count "$TOKENS" --out "$WORK/tokens.txt"
+ONE_TOKEN=$(head -n 1 "$WORK/tokens.txt")
+echo 0 >"$WORK/token-state"
+
+IDENTITY_MISSING=
+if "$BIN/tokengate" keygen --help >/dev/null 2>&1; then
+  "$BIN/tokengate" keygen --alg ES256 --out "$WORK/identity.pem" >/dev/null 2>"$WORK/keygen.err" \
+    || IDENTITY_MISSING="tokengate keygen failed: $(head -n 1 "$WORK/keygen.err")"
+else
+  IDENTITY_MISSING="tokengate keygen"
+fi
+if [ -n "$IDENTITY_MISSING" ] && [ "$PARTIAL" = 1 ]; then
+  # --partial: measure rows 4-8 anyway with a key made by openssl, marked "partial".
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/identity.pem" 2>/dev/null \
+    || die "openssl genpkey failed"
+fi
+
+# ------------------------------------------------------------------------------------------------
+# Rows
+declare -A DESC URL MODE STATE NOTE INSTANCE
+DESC[1]="direct to the upstream (no proxy)"
+DESC[2]="bare hyper forwarder"
+DESC[3]="tokengate, public route"
+DESC[4]="tokengate, required: RS256 token, ES256 assertion, 3 claim headers, one token reused"
+DESC[5]="same, a different token per request"
+DESC[6]="same as 4 + 10 claim rules (regex, JSON Pointer)"
+DESC[7]="same as 4 + userinfo = true, warm cache"
+DESC[8]="same as 4 + userinfo = true, 20 ms userinfo, userinfo_max_age = 0s"
+ROWS=(1 2 3 4 5 6 7 8)
+for i in "${ROWS[@]}"; do STATE[$i]=ok; NOTE[$i]=; MODE[$i]=one; done
+MODE[1]=none; MODE[2]=none; MODE[3]=none; MODE[5]=many
+REQ_PATH=/api/orders/42
+URL[1]="$UPSTREAM_URL$REQ_PATH"
+URL[2]="http://127.0.0.1:$P_BARE$REQ_PATH"
+
+# tokengate_config ROW MAIN_PORT ADMIN_PORT: the configuration of one tokengate instance.
+tokengate_config() {
+  local row=$1 main=$2 admin=$3 maxconn=$(( IDLE_CONNS + 1000 > 10000 ? IDLE_CONNS + 1000 : 10000 ))
+  cat <<EOF
+# bench/run.sh row $row: ${DESC[$row]:-memory test instance}
+[server]
+listen = "127.0.0.1:$main"
+max_connections = $maxconn
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$admin"
+
+[upstream]
+url = "$UPSTREAM_URL"
+
+[[issuer]]
+id = "bench"
+issuer = "$ISSUER_URL"
+audiences = ["bench"]
+algorithms = ["RS256"]
+EOF
+  if [ "$row" -ge 4 ] 2>/dev/null; then
+    cat <<EOF
+
+[identity]
+issuer = "tokengate-bench"
+signing_key = "identity.pem"
+claims = ["sub", "email", "name", "groups", "scope", "client_id"]
+EOF
+  fi
+  cat <<EOF
+
+[identity.headers]
+X-Auth-Subject = "sub"
+X-Auth-Email = "email"
+X-Auth-Name = "name"
+
+[[route]]
+id = "api"
+path_prefix = "/api"
+EOF
+  case "$row" in
+    3|mem) echo 'auth = "public"' ;;
+    *) printf 'auth = "required"\nscopes = ["orders:read"]\n' ;;
+  esac
+  case "$row" in
+    7) echo 'userinfo = true' ;;
+    8) printf 'userinfo = true\nuserinfo_max_age = "0s"\n' ;;
+    6) cat <<'EOF'
+
+[[route.claims]]
+claim = "email_verified"
+equals = true
+[[route.claims]]
+claim = "/realm_access/roles"
+contains_any = ["admin", "ops"]
+[[route.claims]]
+claim = "email"
+matches = '[a-z0-9.+-]+@bench\.example'
+[[route.claims]]
+claim = "groups"
+contains = "staff"
+[[route.claims]]
+claim = "name"
+exists = true
+[[route.claims]]
+claim = "client_id"
+equals = "bench-client"
+[[route.claims]]
+claim = "/realm_access/roles"
+contains_all = ["user", "ops"]
+[[route.claims]]
+claim = "tenant"
+one_of = ["t1", "t2", "t3"]
+[[route.claims]]
+claim = "/org/dept"
+equals = "eng"
+[[route.claims]]
+claim = "scope"
+contains_any = ["orders:read", "orders:write"]
+EOF
+    ;;
+  esac
+}
+
+say "starting upstream, issuer and bare forwarder ..."
+start upstream "$BIN/bench-issuer" upstream "127.0.0.1:$P_UP"
+start issuer "$BIN/bench-issuer" serve --listen "127.0.0.1:$P_ISS" --key "$WORK/issuer-rsa.pem" \
+  --userinfo-delay-ms "$USERINFO_DELAY_MS"
+start bare "$BIN/bare-forwarder" "127.0.0.1:$P_BARE" "$UPSTREAM_URL"
+wait_http "$UPSTREAM_URL/" || die "the upstream did not start: $(tail -n 3 "$WORK/upstream.log")"
+wait_http "$ISSUER_URL/.well-known/openid-configuration" || die "the issuer did not start: $(tail -n 3 "$WORK/issuer.log")"
+wait_http "${URL[2]}" || die "the bare forwarder did not start: $(tail -n 3 "$WORK/bare.log")"
+INSTANCE[1]=upstream; INSTANCE[2]=bare
+
+say "starting tokengate instances ..."
+declare -A ADMIN_PORT
+next_port=3
+for i in 3 4 5 6 7 8; do
+  main=${PORTS[$next_port]}; admin=${PORTS[$((next_port + 1))]}; next_port=$((next_port + 2))
+  cfg=$WORK/row$i.toml
+  tokengate_config "$i" "$main" "$admin" >"$cfg"
+  URL[$i]="http://127.0.0.1:$main$REQ_PATH"
+  ADMIN_PORT[$i]=$admin
+  INSTANCE[$i]=tg$i
+  if [ "$i" -ge 4 ] && [ -n "$IDENTITY_MISSING" ]; then
+    if [ "$PARTIAL" = 1 ]; then
+      STATE[$i]=partial; NOTE[$i]="$IDENTITY_MISSING (ES256 key made by openssl)"
+    else
+      STATE[$i]=na; NOTE[$i]="feature missing: $IDENTITY_MISSING"; continue
+    fi
+  fi
+  if ! "$BIN/tokengate" check --config "$cfg" >/dev/null 2>"$WORK/check$i.err"; then
+    STATE[$i]="na"; NOTE[$i]="feature missing: config rejected: $( { grep -v 'problem(s) found' "$WORK/check$i.err" || true; } | head -n 1 | sed "s|$WORK/||")"
+    continue
+  fi
+  start "tg$i" "$BIN/tokengate" serve --config "$cfg"
+done
+for i in 3 4 5 6 7 8; do
+  case "${STATE[$i]}" in ok|partial) ;; *) continue ;; esac
+  if ! wait_http "http://127.0.0.1:${ADMIN_PORT[$i]}/readyz" 30; then
+    STATE[$i]=fail; NOTE[$i]="not ready after 30 s: $(tail -n 2 "$WORK/tg$i.log" | tr '\n' ' ')"
+  fi
+done
+
+declare -A RSS_IDLE
+for i in "${ROWS[@]}"; do
+  pidvar=PID_${INSTANCE[$i]}
+  [ -n "${!pidvar:-}" ] && RSS_IDLE[$i]=$(rss_kb "${!pidvar}" VmRSS)
+done
+PID_OF() { local v=PID_${INSTANCE[$1]}; echo "${!v:-}"; }
+
+# ------------------------------------------------------------------------------------------------
+# Probes: every row must answer 200 and really do what it claims.
+userinfo_calls() {
+  local n
+  n=$(curl -s "$ISSUER_URL/stats" 2>/dev/null | sed -n 's/.*"userinfo_calls":\([0-9]*\).*/\1/p') || true
+  echo "${n:-0}"
+}
+probe() {  # probe ROW -> prints the echoed request the upstream saw, returns non-zero on non-200
+  local row=$1 out=$WORK/probe$1.txt auth=()
+  [ "${MODE[$row]}" = none ] || auth=(-H "Authorization: Bearer $ONE_TOKEN")
+  local code
+  code=$(curl -s -o "$out" -w '%{http_code}' "${auth[@]}" "${URL[$row]%/*}/echo")
+  [ "$code" = 200 ] || { echo "HTTP $code: $(head -c 200 "$out")"; return 1; }
+}
+missing_feature() {  # marks ROW as n/a (or partial with --partial) because FEATURE does not work
+  if [ "$PARTIAL" = 1 ]; then
+    STATE[$1]=partial; NOTE[$1]="${NOTE[$1]:+${NOTE[$1]}; }$2"
+  else
+    STATE[$1]=na; NOTE[$1]="feature missing: $2"
+  fi
+}
+for i in "${ROWS[@]}"; do
+  case "${STATE[$i]}" in ok|partial) ;; *) continue ;; esac
+  if ! msg=$(probe "$i"); then STATE[$i]=fail; NOTE[$i]="probe failed: $msg"; continue; fi
+  seen=$(tr 'A-Z' 'a-z' <"$WORK/probe$i.txt")
+  if [ "$i" -ge 4 ]; then
+    grep -q '^x-identity-assertion: ' <<<"$seen" || missing_feature "$i" "identity assertion"
+    grep -q '^x-auth-subject: user-0$' <<<"$seen" || missing_feature "$i" "claim headers"
+  fi
+  if [ "$i" -ge 7 ]; then
+    before=$(userinfo_calls)
+    probe "$i" >/dev/null || true
+    calls=$(( $(userinfo_calls) - before ))
+    if ! grep -q '^x-auth-name: bench%20user%200%20(userinfo)$' <<<"$(tr 'A-Z' 'a-z' <"$WORK/probe$i.txt")"; then
+      missing_feature "$i" "userinfo enrichment"
+    elif [ "$i" = 7 ] && [ "$calls" != 0 ]; then
+      missing_feature "$i" "userinfo cache (a repeated token called /userinfo again)"
+    elif [ "$i" = 8 ] && [ "$calls" = 0 ]; then
+      missing_feature "$i" "userinfo_max_age = 0s (a repeated token was served from the cache)"
+    fi
+  fi
+done
+
+# ------------------------------------------------------------------------------------------------
+# Load runs
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+run_wrk() {  # run_wrk ROW CONNS SECS ROUND LABEL
+  local row=$1 c=$2 secs=$3 round=$4 label=$5 out
+  local env=(BENCH_TOKEN= BENCH_TOKENS= BENCH_TOKEN_STATE= BENCH_THREADS=1)
+  case "${MODE[$row]}" in
+    one) env+=(BENCH_TOKEN="$ONE_TOKEN") ;;
+    many) env+=(BENCH_TOKENS="$WORK/tokens.txt" BENCH_TOKEN_STATE="$WORK/token-state") ;;
+  esac
+  local calls_before
+  calls_before=$(userinfo_calls)
+  # In the background + `wait`, so that Ctrl-C stops the run at once (wrk itself handles SIGINT).
+  "${LOAD_PIN[@]}" env "${env[@]}" wrk -t1 -c"$c" -d"${secs}s" --timeout 5s --latency \
+    -s "$ROOT/bench/wrk.lua" "${URL[$row]}" >"$WORK/wrk.out" 2>&1 &
+  local wpid=$!
+  PIDS+=("$wpid")
+  wait "$wpid" || true
+  forget "$wpid"
+  out=$(cat "$WORK/wrk.out")
+  local line
+  line=$(grep '^BENCH ' <<<"$out" | tail -n 1) || true
+  if [ -z "$line" ]; then
+    say "row $row: wrk failed: $(tail -n 3 <<<"$out")"
+    line="BENCH rps=0 p50=0 p99=0 requests=0 non2xx=0 errors=1"
+  fi
+  # round row label rps p50 p99 requests non2xx errors userinfo-calls
+  awk -v r="$round" -v row="$row" -v l="$label" -v ui="$(( $(userinfo_calls) - calls_before ))" '{
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, row, l, v["rps"], v["p50"], v["p99"], v["requests"], v["non2xx"], v["errors"], ui
+    }' <<<"$line" >>"$RESULTS"
+  # Keep the servers' logs from growing without bound (access lines); they are O_APPEND.
+  for f in "$WORK"/tg*.log; do [ -e "$f" ] && : >"$f"; done
+}
+
+ACTIVE=()
+for i in "${ROWS[@]}"; do
+  case "${STATE[$i]}" in ok|partial) ACTIVE+=("$i") ;; esac
+done
+"${SERVER_PIN[@]}" true && "${LOAD_PIN[@]}" true || die "bad LOAD_CPUS/SERVER_CPUS"
+
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+say ""
+say "$PIN_NOTE"
+if [ "$WARMUP" = 1 ]; then
+  say "warm-up: 1 s per row ..."
+  for i in "${ACTIVE[@]}"; do run_wrk "$i" "$CONNS" 1 0 warmup; done
+fi
+for r in $(seq "$ROUNDS"); do
+  say "round $r/$ROUNDS: rows ${ACTIVE[*]}, ${DURATION}s at c=$CONNS then ${LAT_DURATION}s at c=1 each ..."
+  for i in "${ACTIVE[@]}"; do
+    run_wrk "$i" "$CONNS" "$DURATION" "$r" thr
+    run_wrk "$i" 1 "$LAT_DURATION" "$r" lat
+  done
+done
+
+# ------------------------------------------------------------------------------------------------
+# Statistics helpers
+col() {  # col ROW LABEL FIELD -> values over rounds (FIELD: 4 rps, 5 p50, 6 p99, 7 requests, 8 non2xx, 9 errors, 10 userinfo calls)
+  awk -F'\t' -v row="$1" -v l="$2" -v f="$3" '$1 != 0 && $2 == row && $3 == l { print $f }' "$RESULTS"
+}
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+minmax() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) printf "%.2f–%.2f", lo, hi }'; }
+sum() { awk '{ s += $1 } END { print s + 0 }'; }
+ratios() {  # ratios ROW BASE LABEL: per-round rps(ROW)/rps(BASE)
+  awk -F'\t' -v a="$1" -v b="$2" -v l="$3" '$1 != 0 && $3 == l && $2 == a { x[$1] = $4 } $1 != 0 && $3 == l && $2 == b { y[$1] = $4 }
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$RESULTS"
+}
+us() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else if (v >= 10000) printf "%.1f ms", v / 1000; else printf "%d µs", v }'; }
+is_active() { [[ " ${ACTIVE[*]} " == *" $1 "* ]]; }
+
+# ------------------------------------------------------------------------------------------------
+# Crypto micro-benchmark (criterion), pinned to the servers' CPU while everything is idle.
+VERIFY_US=; SIGN_US=
+if [ "$CRYPTO" = 1 ]; then
+  say "criterion: RS256 verification and ES256 signature ..."
+  # The executable `cargo bench --no-run` built (run directly: nothing is recompiled while pinned).
+  crypto_exe=$(find "$TARGET_DIR/release/deps" -maxdepth 1 -type f -executable -name 'crypto-*' -printf '%T@ %p\n' 2>/dev/null \
+               | sort -rn | head -n 1 | cut -d' ' -f2-)
+  crypto_out="no crypto bench executable in $TARGET_DIR/release/deps (build it: cargo bench --bench crypto --no-run)"
+  if [ -n "$crypto_exe" ] && crypto_out=$(cd "$ROOT" && "${SERVER_PIN[@]}" "$crypto_exe" --bench --quick 2>&1); then
+    to_us='{ for (i = 1; i <= NF; i++) if ($i == "time:") { v = $(i + 3); u = $(i + 4);
+             f = (u == "ns") ? 0.001 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : 1; printf "%.2f", v * f; exit } }'
+    VERIFY_US=$(grep -A2 '^rs256_verify_2048' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
+    SIGN_US=$(grep -A2 '^es256_sign' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
+  else
+    say "crypto micro-benchmark failed: $(tail -n 5 <<<"$crypto_out")"
+  fi
+fi
+
+# ------------------------------------------------------------------------------------------------
+# Report
+FAILED=0
+echo
+echo "## tokengate benchmark"
+echo
+echo "- machine: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $NCPU CPUs, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+echo "- commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "- pinning: $PIN_NOTE; each server therefore runs one tokio worker thread"
+echo "- $ROUNDS round(s), rows interleaved (row 1..8 back to back in every round); ${DURATION}s per row at c=$CONNS (req/s), ${LAT_DURATION}s at c=1 (p50/p99); wrk 1 thread, HTTP/1.1 keep-alive, GET $REQ_PATH, 12-byte upstream body"
+echo "- load average before the run: $LOADAVG (1/5/15 min, includes the build; other work on the machine skews the numbers)"
+echo "- tokengate log level: $LOG_LEVEL (stderr to a file); row 5: $TOKENS pre-minted tokens"
+[ "$QUICK" = 1 ] && echo "- **--quick smoke test: numbers are meaningless**"
+echo
+echo "| row | what | req/s c=$CONNS | ratio to row 2 (min–max) | p50 c=1 | p99 c=1 | p50 c=1 − row 2 | p99 c=$CONNS |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+P50_2=$(col 2 lat 5 | median)
+for i in "${ROWS[@]}"; do
+  name="${DESC[$i]}"
+  if ! is_active "$i"; then
+    echo "| $i | $name | n/a (${NOTE[$i]}) | | | | | |"
+    [ "${STATE[$i]}" = fail ] && FAILED=1
+    [ "$i" -le 3 ] && FAILED=1  # rows 1-3 use nothing in progress: n/a there means the harness broke
+    continue
+  fi
+  [ "${STATE[$i]}" = partial ] && name="$name (**partial, missing: ${NOTE[$i]}**)"
+  rps=$(col "$i" thr 4 | median)
+  if is_active 2; then
+    rmed=$(ratios "$i" 2 thr | median); rmm=$(ratios "$i" 2 thr | minmax)
+    ratio=$(awk -v m="$rmed" -v mm="$rmm" 'BEGIN { if (m == "") print "–"; else printf "%.2f× (%s)", m, mm }')
+  else ratio="–"; fi
+  p50=$(col "$i" lat 5 | median); p99=$(col "$i" lat 6 | median)
+  delta=$(awk -v a="$p50" -v b="$P50_2" 'BEGIN { if (a == "" || b == "") print "–"; else printf "%+d µs", a - b }')
+  p99t=$(col "$i" thr 6 | median)
+  bad=$(( $(col "$i" thr 8 | sum) + $(col "$i" lat 8 | sum) ))
+  errs=$(( $(col "$i" thr 9 | sum) + $(col "$i" lat 9 | sum) ))
+  if [ "$bad" != 0 ] || [ "$errs" != 0 ]; then
+    name="$name **(!! $bad non-2xx, $errs socket errors)**"; FAILED=1
+  fi
+  printf '| %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$i" "$name" "${rps:-0}" "$ratio" \
+    "$(us "$p50")" "$(us "$p99")" "$delta" "$(us "$p99t")"
+done
+
+echo
+echo "### Targets (issue 8)"
+echo
+target() {  # target NAME VALUE OP LIMIT UNIT
+  local verdict
+  if [ -z "$2" ]; then verdict="n/a"
+  else verdict=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= l : v <= l; print ok ? "PASS" : "FAIL" }'); fi
+  echo "- $1: ${2:-n/a}$5 (target $3 $4$5) — $verdict"
+}
+if is_active 3 && is_active 2; then v=$(ratios 3 2 thr | median); else v=; fi
+target "row 3 / row 2 req/s" "$([ -n "$v" ] && printf '%.2f' "$v")" ">=" 0.95 ""
+if is_active 4 && is_active 2; then v=$(ratios 4 2 thr | median); else v=; fi
+target "row 4 / row 2 req/s" "$([ -n "$v" ] && printf '%.2f' "$v")" ">=" 0.85 ""
+if is_active 7 && is_active 4; then v=$(ratios 7 4 thr | median); else v=; fi
+target "row 7 / row 4 req/s" "$([ -n "$v" ] && printf '%.2f' "$v")" ">=" 0.95 ""
+if is_active 4 && is_active 2; then v=$(awk -v a="$(col 4 lat 5 | median)" -v b="$P50_2" 'BEGIN { print a - b }'); else v=; fi
+target "row 4 p50 − row 2 p50 at c=1" "$v" "<=" 100 " µs"
+
+ADDED=
+if is_active 5 && is_active 2; then
+  rps5=$(col 5 thr 4 | median); rps2=$(col 2 thr 4 | median)
+  ADDED=$(awk -v a="$rps5" -v b="$rps2" -v c="$SERVER_CORES" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (1 / a - 1 / b) * c * 1e6 }')
+fi
+if is_active 5; then
+  sent=$(( $(col 5 thr 7 | sum) + $(col 5 lat 7 | sum) ))
+  reuse=$(awk -v s="$sent" -v t="$TOKENS" 'BEGIN { printf "%.2f", s / t }')
+fi
+if [ -n "$ADDED" ] && [ -n "$VERIFY_US" ] && [ -n "$SIGN_US" ]; then
+  crypto=$(awk -v a="$VERIFY_US" -v b="$SIGN_US" 'BEGIN { printf "%.1f", a + b }')
+  v=$(awk -v a="$ADDED" -v c="$crypto" 'BEGIN { printf "%.2f", a / c }')
+  target "row 5 added CPU per request over row 2 / raw crypto cost" "$v" "<=" 1.5 "×"
+  echo "  - added CPU per request of row 5 over row 2: (1/$rps5 − 1/$rps2 req/s) × $SERVER_CORES server core = $ADDED µs"
+  echo "  - raw crypto (criterion, same core): RS256-2048 verify $VERIFY_US µs + ES256 sign $SIGN_US µs = $crypto µs"
+else
+  target "row 5 added CPU per request over row 2 / raw crypto cost" "" "<=" 1.5 "×"
+  [ -n "$ADDED" ] && echo "  - added CPU per request of row 5 over row 2: $ADDED µs (no crypto measurement)"
+  [ -n "$VERIFY_US" ] && echo "  - raw crypto (criterion): RS256-2048 verify $VERIFY_US µs, ES256 sign $SIGN_US µs"
+fi
+if is_active 5; then
+  echo "  - row 5 sent $sent requests over $TOKENS distinct tokens (${reuse}× the token file; above 1 a token comes around again)"
+fi
+for i in 7 8; do
+  is_active "$i" || continue
+  n=$(( $(col "$i" thr 7 | sum) + $(col "$i" lat 7 | sum) ))
+  ui=$(( $(col "$i" thr 10 | sum) + $(col "$i" lat 10 | sum) ))
+  ui1=$(col "$i" lat 10 | sum); n1=$(col "$i" lat 7 | sum)
+  echo "- row $i: $n requests made $ui calls to /userinfo ($ui1 for the $n1 requests at c=1; at c=$CONNS, concurrent requests with the same token may share one call)"
+done
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+if [ "$MEMORY" = 1 ]; then
+  echo
+  echo "### Memory (VmRSS / VmHWM from /proc/PID/status)"
+  echo
+  echo "| process | RSS idle (after start) | RSS after the rounds | peak RSS (VmHWM) |"
+  echo "| --- | ---: | ---: | ---: |"
+  for i in "${ROWS[@]}"; do
+    pid=$(PID_OF "$i")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
+    echo "| row $i: ${INSTANCE[$i]} | $(mib "${RSS_IDLE[$i]:-0}") | $(mib "$(rss_kb "$pid" VmRSS)") | $(mib "$(rss_kb "$pid" VmHWM)") |"
+  done
+  if is_active 5; then
+    echo
+    echo "Row 5's tokengate (tg5) verified $(awk -v s="$sent" -v t="$TOKENS" 'BEGIN { print (s < t) ? s : t }') distinct tokens: its RSS after the rounds is the cost of the verified-token cache (if any) at that size."
+  fi
+
+  # A fresh public-route tokengate for the streaming and idle-connection tests.
+  mem_main=${PORTS[15]}; mem_admin=${PORTS[16]}
+  tokengate_config mem "$mem_main" "$mem_admin" >"$WORK/mem.toml"
+  start tgmem "$BIN/tokengate" serve --config "$WORK/mem.toml"
+  wait_http "http://127.0.0.1:$mem_admin/readyz" 30 || die "the memory-test tokengate did not start: $(tail -n 3 "$WORK/tgmem.log")"
+  echo
+  echo "| test (fresh process unless noted) | tokengate, public route | bare forwarder (already used by the rounds) |"
+  echo "| --- | ---: | ---: |"
+  stream() {  # stream PORT PID -> "peak" VmHWM after streaming STREAM_MIB each way
+    local res
+    res=$(head -c "$((STREAM_MIB * 1048576))" /dev/zero | "${LOAD_PIN[@]}" curl -sS -T - -o /dev/null \
+          -w '%{http_code} %{size_download}' "http://127.0.0.1:$1/api/stream" 2>&1) || true
+    if [ "$res" = "200 $((STREAM_MIB * 1048576))" ]; then mib "$(rss_kb "$2" VmHWM)"; else echo "failed ($res)"; fi
+  }
+  idle_conns() {  # idle_conns PORT PID: sets CONNS_RESULT to the RSS with IDLE_CONNS idle connections
+    local out=$WORK/conns-$1.txt cpid fds deadline=$(( $(date +%s) + 120 ))
+    : >"$out"
+    "${LOAD_PIN[@]}" "$BIN/bench-issuer" conns "127.0.0.1:$1" "$IDLE_CONNS" "$REQ_PATH" --hold-secs 300 >"$out" 2>&1 &
+    cpid=$!; PIDS+=("$cpid")
+    until grep -q '^open' "$out"; do
+      if ! kill -0 "$cpid" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
+        CONNS_RESULT="failed ($(head -c 200 "$out"))"; kill "$cpid" 2>/dev/null || true
+        wait "$cpid" 2>/dev/null || true; forget "$cpid"; return
+      fi
+      sleep 0.2
+    done
+    fds=$(ls "/proc/$2/fd" 2>/dev/null | wc -l) || true
+    CONNS_RESULT="$(mib "$(rss_kb "$2" VmRSS)") ($(sed -n 's/^open \([0-9]*\).*/\1/p' "$out") open, server fds $fds)"
+    kill "$cpid" 2>/dev/null || true; wait "$cpid" 2>/dev/null || true
+    forget "$cpid"
+  }
+  echo "| RSS idle | $(mib "$(rss_kb "$PID_tgmem" VmRSS)") | $(mib "${RSS_IDLE[2]:-0}") (at start) |"
+  echo "| peak RSS streaming $STREAM_MIB MiB each way (PUT, echoed) | $(stream "$mem_main" "$PID_tgmem") | $(stream "$P_BARE" "$PID_bare") |"
+  idle_conns "$mem_main" "$PID_tgmem"; tg_conns=$CONNS_RESULT
+  idle_conns "$P_BARE" "$PID_bare"; bare_conns=$CONNS_RESULT
+  echo "| RSS with $IDLE_CONNS idle keep-alive connections | $tg_conns | $bare_conns |"
+fi
+
+echo
+if [ "$FAILED" = 1 ]; then
+  say "bench: some rows failed (see the table)"
+  exit 1
+fi
