@@ -131,7 +131,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn demo() -> ExitCode {
-    telemetry::init();
+    let _log = telemetry::init();
     let Some(runtime) = runtime() else {
         return ExitCode::from(1);
     };
@@ -145,7 +145,7 @@ fn demo() -> ExitCode {
 }
 
 fn serve(path: &Path) -> ExitCode {
-    telemetry::init();
+    let _log = telemetry::init();
     let Some(loaded) = load(path) else {
         return ExitCode::from(1);
     };

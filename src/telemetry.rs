@@ -8,11 +8,21 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, StatusCode};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Level from `TOKENGATE_LOG`, else `RUST_LOG`, else `info`;
-/// `TOKENGATE_LOG_FORMAT=json` for JSON lines.
-pub fn init() {
+/// `TOKENGATE_LOG_FORMAT=json` for JSON lines. Lines are handed to a writer thread that batches
+/// them into few `write`s, so a request never waits on stderr; keep the returned guard alive
+/// until exit (dropping it flushes what is queued). Nothing is dropped: a full queue blocks.
+pub fn init() -> WorkerGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("tokengate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let filter = std::env::var("TOKENGATE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -24,7 +34,7 @@ pub fn init() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second init (tests) keeps the first subscriber.
     let _ = if json {
         builder
@@ -35,6 +45,7 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+    guard
 }
 
 /// What the access line needs, filled in as the request walks the phases.
