@@ -169,8 +169,14 @@ impl Gateway {
         }
         let route = self.match_route(&path, &parts.method, host.as_deref())?;
         line.route = Some(route.id.clone());
-        let principal =
-            authn::authenticate(route, &parts.headers, &self.config, &self.issuers).await?;
+        let principal = authn::authenticate(
+            route,
+            &parts.headers,
+            conn.client_cert.as_deref(),
+            &self.config,
+            &self.issuers,
+        )
+        .await?;
         let principal = self.enrich(route, principal, &parts, line).await?;
         if let Principal::Token(verified) = &principal {
             // Before the policy runs, so a 403 is logged with who was refused.

@@ -30,6 +30,9 @@ pub enum Rejection {
         reason: &'static str,
         description: Cow<'static, str>,
     },
+    /// 401 `invalid_token` with a `DPoP` challenge (RFC 9449 §7.1): a DPoP-bound token was
+    /// presented as a plain bearer token. `algs` is `[dpop].algorithms`, space-separated.
+    DpopBoundAsBearer { algs: String },
     /// 403 `insufficient_scope`, `scope` lists the route's required scopes.
     InsufficientScope { scope: String },
     /// 403 `access_denied`; names the route, never a claim value.
@@ -68,7 +71,9 @@ impl Rejection {
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
-            Rejection::MissingToken | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::MissingToken
+            | Rejection::InvalidToken { .. }
+            | Rejection::DpopBoundAsBearer { .. } => StatusCode::UNAUTHORIZED,
             Rejection::InsufficientScope { .. } | Rejection::AccessDenied { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -87,6 +92,7 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::MissingToken => "missing_token",
             Rejection::InvalidToken { reason, .. } => reason,
+            Rejection::DpopBoundAsBearer { .. } => "sender_constraint",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::AccessDenied { .. } => "access_denied",
             Rejection::Unavailable { .. } => "unavailable",
@@ -102,7 +108,7 @@ impl Rejection {
             Rejection::HeaderTooLarge => "request_header_fields_too_large",
             Rejection::NoRoute => "no_route",
             Rejection::MissingToken => "missing_token",
-            Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::InvalidToken { .. } | Rejection::DpopBoundAsBearer { .. } => "invalid_token",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::AccessDenied { .. } => "access_denied",
             Rejection::Unavailable { .. } => "temporarily_unavailable",
@@ -119,6 +125,9 @@ impl Rejection {
             Rejection::NoRoute => Cow::Borrowed("no route matches this request"),
             Rejection::MissingToken => Cow::Borrowed("a bearer token is required"),
             Rejection::InvalidToken { description, .. } => Cow::Borrowed(description),
+            Rejection::DpopBoundAsBearer { .. } => Cow::Borrowed(
+                "the token is bound to a DPoP key and must be sent with the DPoP scheme",
+            ),
             Rejection::InsufficientScope { scope } => {
                 Cow::Owned(format!("the token lacks a required scope ({scope})"))
             }
@@ -153,6 +162,11 @@ impl Rejection {
             Rejection::InvalidToken { .. } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted(&description)
+            )),
+            Rejection::DpopBoundAsBearer { algs } => Some(format!(
+                "DPoP realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\", algs=\"{}\"",
+                quoted(&description),
+                quoted(algs)
             )),
             Rejection::InsufficientScope { scope } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",

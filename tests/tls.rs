@@ -2,125 +2,26 @@
 //! http/1.1, client certificates requested (not required) and checked against `client_ca`.
 mod support;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::echo::Echo;
+use support::pki::{connect, pki, Pki};
 use support::Proxy;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-
-struct Pki {
-    server_ca: String,
-    server_cert: String,
-    server_key: String,
-    client_ca: String,
-    client_cert: String,
-    client_key: String,
-    rogue_cert: String,
-    rogue_key: String,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn pki() -> Pki {
-    let server_ca = ca("test server CA");
-    let client_ca = ca("test client CA");
-    let rogue_ca = ca("rogue CA");
-    let (server_cert, server_key) = leaf(&["localhost", "127.0.0.1"], &server_ca);
-    let (client_cert, client_key) = leaf(&["client.test"], &client_ca);
-    let (rogue_cert, rogue_key) = leaf(&["client.test"], &rogue_ca);
-    Pki {
-        server_ca: server_ca.pem(),
-        server_cert,
-        server_key,
-        client_ca: client_ca.pem(),
-        client_cert,
-        client_key,
-        rogue_cert,
-        rogue_key,
-    }
-}
 
 async fn start(pki: &Pki, dir: &tempfile::TempDir, echo: &Echo) -> Proxy {
-    for (name, text) in [
-        ("server.pem", &pki.server_cert),
-        ("server.key", &pki.server_key),
-        ("clients.pem", &pki.client_ca),
-    ] {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let d = dir.path().display();
-    Proxy::start(&support::config(
-        echo.addr,
-        "[[route]]
-id = \"pub\"
-path_prefix = \"/\"
-auth = \"public\"
-",
-    )
-    .replace(
-        "[upstream]",
-        &format!(
-            "[server.tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/clients.pem\"\n\n[upstream]"
+    Proxy::start(
+        &support::config(
+            echo.addr,
+            "[[route]]\nid = \"pub\"\npath_prefix = \"/\"\nauth = \"public\"\n",
+        )
+        .replace(
+            "[upstream]",
+            &format!("{}\n[upstream]", pki.server_tls_toml(dir)),
         ),
-    ))
+    )
     .await
-}
-
-/// Connects with rustls: trusting the server CA, offering `alpn`, optionally with a client cert.
-async fn connect(
-    proxy: &Proxy,
-    pki: &Pki,
-    alpn: &[&[u8]],
-    client: Option<(&str, &str)>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pki.server_ca.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(proxy.addr).await?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await?;
-    // TLS 1.3 reports a rejected client certificate only on the first read after the handshake.
-    Ok(stream)
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {

@@ -120,6 +120,7 @@ impl Drop for Issuers {
 pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
+    client_cert: Option<&str>,
     config: &Config,
     issuers: &Issuers,
 ) -> Result<Principal, Rejection> {
@@ -152,8 +153,9 @@ pub async fn authenticate(
             .verified
             .insert(hash, verify(token, config, issuers, now).await?, now),
     };
-    // Per route, on every request, cached or not.
+    // Per route and per connection, on every request, cached or not.
     allowed_on(route, entry.issuer)?;
+    check_binding(route, &entry.claims, client_cert, config)?;
     Ok(Principal::Token(Verified {
         claims: entry.claims.clone(),
         exp: entry.exp,
@@ -217,6 +219,51 @@ fn select_issuer(config: &Config, iss: Option<&str>) -> Result<usize, Rejection>
         .iter()
         .position(|i| i.issuer == iss)
         .ok_or_else(|| reject(JwtError::WrongIssuer))
+}
+
+/// Sender constraints (SPEC §4.8) of a token presented with the `Bearer` scheme: a DPoP-bound
+/// token (`cnf.jkt`) is refused with a DPoP challenge; an mTLS-bound one (`cnf["x5t#S256"]`) is
+/// accepted only on a TLS connection whose client certificate has that SHA-256 thumbprint; a
+/// confirmation method tokengate cannot check is refused (fail closed). A route with
+/// `require_sender_constrained` accepts only a token whose binding was proven here.
+fn check_binding(
+    route: &Route,
+    claims: &Claims,
+    client_cert: Option<&str>,
+    config: &Config,
+) -> Result<(), Rejection> {
+    let Some(cnf) = claims.get("cnf") else {
+        if route.require_sender_constrained {
+            return Err(invalid(
+                "sender_constraint",
+                "this route requires a sender-constrained token (DPoP or mTLS-bound)".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let Some(cnf) = cnf.as_object() else {
+        return Err(invalid(
+            "malformed",
+            "token cnf claim is not an object".into(),
+        ));
+    };
+    if cnf.contains_key("jkt") {
+        let algs: Vec<&str> = config.dpop.algorithms.iter().map(|a| a.name()).collect();
+        return Err(Rejection::DpopBoundAsBearer {
+            algs: algs.join(" "),
+        });
+    }
+    match cnf.get("x5t#S256").map(|v| v.as_str()) {
+        Some(Some(bound)) if client_cert == Some(bound) => Ok(()),
+        Some(_) => Err(invalid(
+            "sender_constraint",
+            "token is bound to a TLS client certificate this connection did not present".into(),
+        )),
+        None => Err(invalid(
+            "sender_constraint",
+            "token is bound by a confirmation method tokengate cannot check".into(),
+        )),
+    }
 }
 
 /// A route's `issuers` list restricts which issuers' tokens it accepts.

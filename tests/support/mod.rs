@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod issuer;
+pub mod pki;
 pub mod process;
 
 use std::net::SocketAddr;
