@@ -251,7 +251,7 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), 
     let listeners = Listeners::bind(&config).await?;
     let proxy = listeners.main_addr().ok_or("no listen address")?;
     let admin = listeners.admin_addr();
-    let gateway = Gateway::new(config)?;
+    let gateway = Gateway::new(config, None)?;
     let shared = Arc::new(ArcSwap::from_pointee(gateway));
 
     let reader = issuer.mint(json!({

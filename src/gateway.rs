@@ -99,7 +99,9 @@ impl ConnInfo {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+    /// Builds one configuration generation. `previous` (on reload) lends its issuers' key state
+    /// for issuers whose settings did not change.
+    pub fn new(config: Arc<Config>, previous: Option<&Gateway>) -> Result<Self, String> {
         let identity = &config.identity;
         let key = identity
             .signing_key
@@ -108,7 +110,7 @@ impl Gateway {
             .transpose()?;
         let jwks = PublishedJwks::load(key.as_ref(), &identity.previous_keys)?;
         let minter = key.map(|key| Minter::new(identity, key));
-        let issuers = Issuers::start(&config)?;
+        let issuers = Issuers::start(&config, previous.map(|p| &p.issuers))?;
         let userinfo = Userinfo::new(&config.userinfo);
         tokio::spawn(userinfo.clone().run_purger(issuers.stopped()));
         Ok(Gateway {

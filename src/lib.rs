@@ -26,6 +26,7 @@ pub mod identity;
 pub mod keygen;
 pub mod policy;
 pub mod rejection;
+pub mod reload;
 pub mod route;
 pub mod scrub;
 pub mod server;

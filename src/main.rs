@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy (logs go to stderr; SIGTERM/SIGINT drain in-flight requests and exit 0).
+    /// Run the proxy (logs go to stderr; SIGHUP reloads the configuration; SIGTERM/SIGINT drain
+    /// in-flight requests and exit 0).
     Serve(ConfigArg),
     /// Validate the configuration without serving: exit 0 with a summary, or exit 1 with every
     /// problem as FILE:LINE: KEY.PATH: message.
@@ -154,8 +155,10 @@ fn serve(path: &Path) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // Installed before the proxy announces itself, so an early SIGHUP never kills it.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let config = Arc::new(loaded.config);
-        let gateway = match Gateway::new(config.clone()) {
+        let gateway = match Gateway::new(config.clone(), None) {
             Ok(g) => g,
             Err(error) => {
                 eprintln!("{}: {error}", path.display());
@@ -177,6 +180,15 @@ fn serve(path: &Path) -> ExitCode {
             "tokengate serving"
         );
         let shared = Arc::new(ArcSwap::from_pointee(gateway));
+        if let Some(mut hangup) = hangups {
+            let (shared, path) = (shared.clone(), path.to_path_buf());
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    tokengate::reload::reload(&path, &shared);
+                }
+            });
+        }
         server::run(listeners, shared, shutdown).await;
         ExitCode::SUCCESS
     })

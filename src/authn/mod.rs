@@ -75,12 +75,20 @@ impl std::fmt::Debug for Issuers {
 
 impl Issuers {
     /// Builds the per-issuer state and starts the refresh tasks (must run inside a tokio runtime).
-    pub fn start(config: &Config) -> Result<Issuers, String> {
+    /// The key state of an issuer whose settings equal one in `previous` (a reload) is carried
+    /// over, so its keys stay loaded and no request waits for them (SPEC §8).
+    pub fn start(config: &Config, previous: Option<&Issuers>) -> Result<Issuers, String> {
         let (stop, stop_rx) = watch::channel(false);
         let mut keys = Vec::with_capacity(config.issuers.len());
         for issuer in &config.issuers {
-            let state = IssuerKeys::new(issuer.clone())
-                .map_err(|e| format!("issuer {}: {e}", issuer.id))?;
+            let kept = previous.and_then(|p| p.keys.iter().find(|k| k.issuer() == issuer));
+            let state = match kept {
+                Some(state) => state.clone(),
+                None => IssuerKeys::new(issuer.clone())
+                    .map_err(|e| format!("issuer {}: {e}", issuer.id))?,
+            };
+            // A carried-over state gets a refresher tied to this generation; the previous
+            // generation's stops when that generation is dropped.
             tokio::spawn(state.clone().run(stop_rx.clone()));
             keys.push(state);
         }

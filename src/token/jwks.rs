@@ -211,7 +211,15 @@ impl IssuerKeys {
             return;
         }
         let mut backoff = Backoff::new(self.issuer.jwks_min_refresh);
-        let mut loaded = false;
+        // A state carried over by a configuration reload already has its keys: keep the
+        // periodic schedule instead of fetching again at once.
+        let mut loaded = self.keys.load().is_some();
+        if loaded {
+            tokio::select! {
+                () = tokio::time::sleep(self.issuer.jwks_refresh) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
         loop {
             let attempt = async {
                 // The first load does not count against jwks_min_refresh (SPEC §3 "Keys:").

@@ -54,7 +54,7 @@ impl Proxy {
             ),
         };
         let config = Arc::new(loaded.config);
-        let gateway = Gateway::new(config.clone()).expect("gateway");
+        let gateway = Gateway::new(config.clone(), None).expect("gateway");
         let listeners = Listeners::bind(&config).await.expect("bind");
         let addr = listeners.main_addr().expect("addr");
         let admin = listeners.admin_addr();
