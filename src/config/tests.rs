@@ -1687,3 +1687,20 @@ mod schema {
         );
     }
 }
+
+#[test]
+fn settings_that_have_no_effect_yet_are_warned_about() {
+    let text =
+        "[server]\nlisten = \"127.0.0.1:8080\"\npublic_base_url = \"https://api.example.com\"\n\
+                [upstream]\nurl = \"http://127.0.0.1:3000\"\n[[issuer]]\nid = \"corp\"\n\
+                issuer = \"https://idp.example.com/\"\naudiences = [\"api\"]\n\
+                [issuer.introspection]\nclient_id = \"tg\"\nclient_secret = \"s\"\n";
+    let loaded = load_str(Path::new("t.toml"), text, &no_env).expect("valid");
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("t.toml:3: server.public_base_url: has no effect yet"));
+    assert!(
+        warnings[1].starts_with("t.toml:10: issuer[0].introspection: has no effect yet"),
+        "{warnings:?}"
+    );
+}
