@@ -19,7 +19,11 @@ use tokengate::telemetry;
     version,
     about = "Authenticating reverse proxy: verifies OAuth 2.0 / OIDC access tokens, enforces \
              per-route claim policies and forwards a signed identity to the upstream.",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Exit codes: 0 ok, 1 invalid configuration or failure at start (port in use, \
+                  unreadable key), 2 bad command-line usage.\n\
+                  Environment: TOKENGATE_CONFIG (default --config), TOKENGATE_LOG or RUST_LOG \
+                  (log level, default info), TOKENGATE_LOG_FORMAT=json (JSON log lines)."
 )]
 struct Cli {
     #[command(subcommand)]
