@@ -182,9 +182,9 @@ pub struct RawRoute {
     pub any_of: Option<Vec<AnyOf>>,
 }
 
-/// One `[[route.claims]]` rule, as written. Exactly one operator must be set; the loader checks
-/// that, the regex and the JSON Pointer, and keeps the rule in this form until policies are
-/// compiled. An empty `claim` means the key was missing.
+/// One `[[route.claims]]` rule, as written. `policy::Policy::compile` checks it (exactly one
+/// operator, the regex, the JSON Pointer) and compiles it when the configuration loads. An
+/// empty `claim` means the key was missing.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ClaimRule {
