@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -39,6 +39,10 @@ use crate::telemetry::{self, AccessLine};
 use crate::token::claims::{str_claim, Claims};
 use crate::token::extract::{self, Credential};
 use crate::userinfo::{Outcome, Userinfo};
+
+mod checks;
+
+use checks::{check_framing, check_head_size, is_upgrade, normalize, request_host};
 
 /// Where the main listener publishes the identity verification keys (SPEC §5).
 pub const JWKS_PATH: &str = "/.well-known/tokengate/jwks.json";
@@ -369,101 +373,6 @@ fn authorize(route: &Route, principal: &Principal) -> Result<(), Rejection> {
             route: route.id.to_string(),
         }),
     }
-}
-
-/// Phase 0 (SPEC §4.0): what hyper's HTTP/1 parser lets through but a proxy must not.
-fn check_framing(parts: &Parts, conn: &ConnInfo, index: u64) -> Result<(), Rejection> {
-    if parts.method == Method::CONNECT {
-        return Err(Rejection::bad_framing("CONNECT is not supported"));
-    }
-    if parts.version <= Version::HTTP_11 {
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            return Err(Rejection::bad_framing(
-                "only origin-form request targets are accepted",
-            ));
-        }
-        if conn
-            .head_flags
-            .as_ref()
-            .is_some_and(|f| f.had_cl_and_te(index))
-        {
-            return Err(Rejection::bad_framing(
-                "both Content-Length and Transfer-Encoding are present",
-            ));
-        }
-        let mut codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
-        if let Some(first) = codings.next() {
-            // hyper accepts `gzip, chunked` or two TE lines and drops the outer coding's meaning;
-            // forwarding such a body re-framed would change it, so only plain `chunked` passes.
-            if codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
-                return Err(Rejection::bad_framing(
-                    "Transfer-Encoding other than chunked is not accepted",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The request head's size as it was on the wire (HTTP/1 request line and header lines), against
-/// `max_header_bytes`. hyper's own limit is set looser and only catches what never parses.
-fn check_head_size(parts: &Parts, max: usize) -> Result<(), Rejection> {
-    let line = parts.method.as_str().len()
-        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + " HTTP/1.1\r\n".len()
-        + 1;
-    let mut size = line + 2;
-    for (name, value) in &parts.headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    if size > max {
-        Err(Rejection::HeaderTooLarge)
-    } else {
-        Ok(())
-    }
-}
-
-/// The host the client addressed: `:authority` for HTTP/2, the single `Host` header for HTTP/1.1
-/// (missing or repeated → 400, RFC 9112 §3.2).
-fn request_host(parts: &Parts) -> Result<Option<String>, Rejection> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let (first, second) = (hosts.next(), hosts.next());
-    if second.is_some() {
-        return Err(Rejection::bad_request("several Host headers"));
-    }
-    if parts.version >= Version::HTTP_2 {
-        if let Some(authority) = parts.uri.authority() {
-            return Ok(Some(authority.as_str().to_owned()));
-        }
-    }
-    match first {
-        Some(value) => match value.to_str() {
-            Ok(host) if !host.is_empty() => Ok(Some(host.to_owned())),
-            _ => Err(Rejection::bad_request("invalid Host header")),
-        },
-        None if parts.version == Version::HTTP_11 => Err(Rejection::bad_request(
-            "HTTP/1.1 requests need a Host header",
-        )),
-        None => Ok(None),
-    }
-}
-
-fn normalize(parts: &Parts, allow_path_parameters: bool) -> Result<NormalizedPath, Rejection> {
-    route::normalize::normalize(parts.uri.path(), allow_path_parameters)
-        .map_err(|e| Rejection::bad_request(e.description()))
-}
-
-/// An HTTP/1.1 protocol upgrade request (WebSocket): `Upgrade` plus `Connection: upgrade`.
-fn is_upgrade(parts: &Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
-        && parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 impl Gateway {
