@@ -3,8 +3,6 @@
 //! client certificate, and `require_sender_constrained` refuses plain bearer tokens.
 mod support;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -13,22 +11,11 @@ use serde_json::json;
 use support::echo::Echo;
 use support::issuer::MockIssuer;
 use support::pki::{connect, pki, x5t_s256, Pki};
-use support::{get, Proxy};
+use support::{get, wait_ready, Proxy};
 
 const ROUTES: &str =
     "[[route]]\nid = \"strict\"\npath = \"/strict\"\nrequire_sender_constrained = true\n\n\
                       [[route]]\nid = \"api\"\npath_prefix = \"/\"\n";
-
-async fn wait_ready(proxy: &Proxy) {
-    let url = format!("http://{}/readyz", proxy.admin.expect("admin"));
-    for _ in 0..100 {
-        if get(&url, &[]).await.status == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never ready");
-}
 
 async fn plain(issuer: &MockIssuer, echo: &Echo) -> Proxy {
     let proxy = Proxy::start(&support::config(

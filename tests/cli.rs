@@ -35,29 +35,6 @@ fn problem_lines<'a>(text: &'a str, file: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Every `${NAME}` in `text` (a `$${` escape excluded).
-fn env_vars_used(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        let escaped = i > 0 && rest.as_bytes()[i - 1] == b'$';
-        rest = &rest[i + 2..];
-        if escaped {
-            continue;
-        }
-        if let Some(end) = rest.find('}') {
-            let name = &rest[..end];
-            if !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !names.iter().any(|n| n == name)
-            {
-                names.push(name.to_owned());
-            }
-        }
-    }
-    names
-}
-
 const MINIMAL: &str = "\
 [server]
 listen = \"127.0.0.1:0\"
@@ -85,7 +62,7 @@ fn check_accepts_every_shipped_config() {
     let value = "tokengate-cli-test-value-0123456789abcdef";
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read");
-        let names = env_vars_used(&text);
+        let names = support::env_vars_used(&text);
         let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value)).collect();
         let rel = format!(
             "config/{}",

@@ -3,8 +3,6 @@
 //! JWKS the proxy publishes; public and tokenless requests carry none; a client's is removed.
 mod support;
 
-use std::time::Duration;
-
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 use serde_json::{json, Map, Value};
@@ -46,13 +44,7 @@ async fn start(alg: KeygenAlg, previous: bool, identity_extra: &str) -> World {
         ),
     ))
     .await;
-    let ready = format!("http://{}/readyz", proxy.admin.unwrap());
-    for _ in 0..100 {
-        if get(&ready, &[]).await.status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_ready(&proxy).await;
     World {
         issuer,
         echo,

@@ -14,30 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use support::issuer::{JwksMode, MockIssuer};
-use tokengate::config::{Algorithm, Issuer};
+use tokengate::config::Issuer;
 use tokengate::token::fetch::{self, FetchErrorKind, MAX_DOCUMENT_BYTES};
 use tokengate::token::jwks::{IssuerKeys, DISCOVERY_PATH};
-
-fn issuer_config(mock: &MockIssuer) -> Issuer {
-    Issuer {
-        id: "mock".to_owned(),
-        issuer: mock.issuer(),
-        jwks_uri: None,
-        userinfo_endpoint: None,
-        audiences: vec!["api".to_owned()],
-        algorithms: Algorithm::DEFAULT.to_vec(),
-        clock_skew: Duration::from_secs(60),
-        fetch_timeout: Duration::from_secs(1),
-        ca_file: None,
-        allow_any_audience: false,
-        jwks_refresh: Duration::from_secs(600),
-        jwks_min_refresh: Duration::from_secs(1),
-        require_typ: None,
-        allow_http: false,
-        hmac_secret: None,
-        introspection: None,
-    }
-}
 
 /// The key state with its background task; the task stops when this is dropped.
 struct Running {
@@ -68,7 +47,7 @@ const ALGS: [&str; 5] = ["RS256", "PS256", "ES256", "ES384", "EdDSA"];
 #[tokio::test]
 async fn discovery_then_jwks_makes_the_issuer_ready_with_every_key() {
     let mock = MockIssuer::start().await;
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
     let set = run.keys.keys().expect("keys");
     for alg in ALGS {
@@ -91,7 +70,7 @@ async fn discovery_then_jwks_makes_the_issuer_ready_with_every_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_min_refresh() {
     let mock = MockIssuer::start().await;
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
     mock.rotate();
     let new_kid = mock.kid("ES256");
@@ -136,7 +115,7 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_min_refresh()
 #[tokio::test]
 async fn a_failing_jwks_endpoint_keeps_the_last_good_set() {
     let mock = MockIssuer::start().await;
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
     let good = run.keys.keys().expect("keys");
     let old_kid = mock.kid("RS256");
@@ -179,7 +158,7 @@ async fn a_failing_jwks_endpoint_keeps_the_last_good_set() {
 async fn an_issuer_down_at_start_becomes_ready_once_it_comes_up() {
     let mock = MockIssuer::start().await;
     mock.set_down(true);
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!run.keys.is_ready());
     assert!(run.keys.keys().is_none());
@@ -199,7 +178,7 @@ async fn an_issuer_down_at_start_becomes_ready_once_it_comes_up() {
 async fn a_discovery_document_naming_another_issuer_leaves_the_issuer_unready() {
     let mock = MockIssuer::start().await;
     mock.set_discovery_issuer(Some("https://evil.example.com"));
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(!run.keys.is_ready());
     let expected = format!(
@@ -219,7 +198,7 @@ async fn the_issuer_must_match_discovery_to_the_trailing_slash() {
     let mock = MockIssuer::start().await;
     let with_slash = format!("{}/", mock.url());
     mock.configure(|s| s.issuer = with_slash);
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
     assert_eq!(
         mock.hits(DISCOVERY_PATH),
@@ -227,7 +206,7 @@ async fn the_issuer_must_match_discovery_to_the_trailing_slash() {
         "asked without the trailing '/'"
     );
 
-    let mut config = issuer_config(&mock);
+    let mut config = mock.settings();
     config.issuer = mock.url();
     let run = start(config);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -246,7 +225,7 @@ async fn a_discovered_plain_http_jwks_uri_on_a_public_host_is_refused() {
         let jwks_uri = json!("http://idp.example.com/jwks");
         s.discovery_members.insert("jwks_uri".to_owned(), jwks_uri);
     });
-    let run = start(issuer_config(&mock));
+    let run = start(mock.settings());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!run.keys.is_ready());
     let error = run.keys.last_error().unwrap_or_default();
@@ -260,7 +239,7 @@ async fn a_discovered_plain_http_jwks_uri_on_a_public_host_is_refused() {
 #[tokio::test]
 async fn a_configured_jwks_uri_skips_discovery() {
     let mock = MockIssuer::start().await;
-    let mut config = issuer_config(&mock);
+    let mut config = mock.settings();
     config.jwks_uri = Some(format!("{}/jwks", mock.url()));
     let run = start(config);
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
@@ -275,7 +254,7 @@ async fn a_configured_jwks_uri_skips_discovery() {
 #[tokio::test]
 async fn the_periodic_refresh_picks_up_rotated_keys() {
     let mock = MockIssuer::start().await;
-    let mut config = issuer_config(&mock);
+    let mut config = mock.settings();
     config.jwks_refresh = Duration::from_secs(1);
     let run = start(config);
     assert!(ready_within(&run.keys, Duration::from_secs(5)).await);
@@ -295,7 +274,7 @@ async fn the_periodic_refresh_picks_up_rotated_keys() {
 #[tokio::test]
 async fn fetch_errors_are_classified_and_bodies_capped() {
     let mock = MockIssuer::start().await;
-    let client = fetch::issuer_client(&issuer_config(&mock)).expect("client");
+    let client = fetch::issuer_client(&mock.settings()).expect("client");
     let jwks = format!("{}/jwks", mock.url());
     let doc = fetch::get_json(&client, &jwks, MAX_DOCUMENT_BYTES)
         .await

@@ -11,6 +11,8 @@
 //! - the compose file and the manifest probe the admin `/readyz`, and their ports match the
 //!   configuration they mount.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -113,33 +115,10 @@ fn keygen(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Every `${NAME}` in `text` (a `$${` escape excluded), in order of first use.
-fn env_vars_used(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        let escaped = i > 0 && rest.as_bytes()[i - 1] == b'$';
-        rest = &rest[i + 2..];
-        if escaped {
-            continue;
-        }
-        if let Some(end) = rest.find('}') {
-            let name = &rest[..end];
-            if !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !names.iter().any(|n| n == name)
-            {
-                names.push(name.to_owned());
-            }
-        }
-    }
-    names
-}
-
 /// The environment `check` needs for `text`: a sample value for each `${VAR}`, and a real key
 /// file for the signing-key variable.
 fn env_for(text: &str, key: &Path) -> Vec<(String, String)> {
-    env_vars_used(text)
+    support::env_vars_used(text)
         .into_iter()
         .map(|name| {
             let value = if name == SIGNING_KEY_VAR {
@@ -253,7 +232,7 @@ fn issuer_examples_exist_and_each_configures_an_issuer() {
         // Each example names its provider's documentation, so the facts can be re-checked.
         assert!(text.contains("https://"), "{file} should cite its sources");
         // And every variable it uses has a realistic sample here (or is the signing key).
-        for var in env_vars_used(&text) {
+        for var in support::env_vars_used(&text) {
             assert!(
                 var == SIGNING_KEY_VAR || SAMPLES.iter().any(|(n, _)| *n == var),
                 "{file}: add a sample value for ${{{var}}} to SAMPLES"

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use support::issuer::MockIssuer;
-use tokengate::config::{self, Algorithm, Issuer, OnError};
+use tokengate::config::{self, Issuer, OnError};
 use tokengate::rejection::Rejection;
 use tokengate::token::claims::Claims;
 use tokengate::token::jwks::IssuerKeys;
@@ -25,27 +25,6 @@ use tokengate::userinfo::{Outcome, Userinfo, UserinfoCounters, REJECTED_DESCRIPT
 
 const USERINFO: &str = "/userinfo";
 const LONG: Duration = Duration::from_secs(300);
-
-fn issuer_config(mock: &MockIssuer) -> Issuer {
-    Issuer {
-        id: "mock".to_owned(),
-        issuer: mock.issuer(),
-        jwks_uri: None,
-        userinfo_endpoint: None,
-        audiences: vec!["api".to_owned()],
-        algorithms: Algorithm::DEFAULT.to_vec(),
-        clock_skew: Duration::from_secs(60),
-        fetch_timeout: Duration::from_secs(1),
-        ca_file: None,
-        allow_any_audience: false,
-        jwks_refresh: Duration::from_secs(600),
-        jwks_min_refresh: Duration::from_secs(1),
-        require_typ: None,
-        allow_http: false,
-        hmac_secret: None,
-        introspection: None,
-    }
-}
 
 /// An issuer's key state, loaded, with its background task (stopped when this is dropped).
 struct Env {
@@ -56,7 +35,7 @@ struct Env {
 
 async fn env() -> Env {
     let mock = MockIssuer::start().await;
-    let config = issuer_config(&mock);
+    let config = mock.settings();
     env_with(mock, config).await
 }
 
@@ -239,7 +218,7 @@ async fn env_with_endpoint(url: &str) -> Env {
     let mock = MockIssuer::start().await;
     let config = Issuer {
         userinfo_endpoint: Some(url.to_owned()),
-        ..issuer_config(&mock)
+        ..mock.settings()
     };
     env_with(mock, config).await
 }
@@ -490,7 +469,7 @@ async fn a_signed_answer_is_verified_with_the_issuers_keys() {
     // `require_typ` is an access-token rule: a signed answer with typ "JWT" still passes.
     let config = Issuer {
         require_typ: Some("at+jwt".to_owned()),
-        ..issuer_config(&mock)
+        ..mock.settings()
     };
     let env = env_with(mock, config).await;
     let ui = Userinfo::new(&settings(OnError::Proceed));
@@ -662,7 +641,7 @@ async fn an_issuer_without_a_userinfo_endpoint_is_a_failure() {
     // With jwks_uri configured there is no discovery, so no userinfo endpoint either.
     let config = Issuer {
         jwks_uri: Some(format!("{}/jwks", mock.url())),
-        ..issuer_config(&mock)
+        ..mock.settings()
     };
     let env = env_with(mock, config).await;
     assert_eq!(env.keys.userinfo_endpoint(), None);

@@ -2,8 +2,6 @@
 //! and the identity headers; failures follow `on_error`; the cache spares the issuer.
 mod support;
 
-use std::time::Duration;
-
 use serde_json::json;
 use support::echo::Echo;
 use support::issuer::MockIssuer;
@@ -24,14 +22,8 @@ async fn start(issuer: &MockIssuer, echo: &Echo, extra: &str) -> Proxy {
         ),
     ))
     .await;
-    let ready = format!("http://{}/readyz", proxy.admin.expect("admin"));
-    for _ in 0..100 {
-        if get(&ready, &[]).await.status == 200 {
-            return proxy;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("issuer never became ready");
+    support::wait_ready(&proxy).await;
+    proxy
 }
 
 async fn call(proxy: &Proxy, path: &str, token: &str) -> Answer {

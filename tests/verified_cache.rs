@@ -23,14 +23,8 @@ async fn start(a: &MockIssuer, b: &MockIssuer, echo: &Echo) -> Proxy {
         ),
     ))
     .await;
-    let ready = format!("http://{}/readyz", proxy.admin.unwrap());
-    for _ in 0..100 {
-        if get(&ready, &[]).await.status == 200 {
-            return proxy;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("issuers never became ready");
+    support::wait_ready(&proxy).await;
+    proxy
 }
 
 async fn call(proxy: &Proxy, path: &str, token: &str) -> Answer {

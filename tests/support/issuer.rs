@@ -329,6 +329,29 @@ impl MockIssuer {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// `Issuer` settings pointing at this mock (discovery on loopback, short refresh limits),
+    /// for tests that drive `IssuerKeys` directly.
+    pub fn settings(&self) -> tokengate::config::Issuer {
+        tokengate::config::Issuer {
+            id: "mock".to_owned(),
+            issuer: self.issuer(),
+            jwks_uri: None,
+            userinfo_endpoint: None,
+            audiences: vec!["api".to_owned()],
+            algorithms: tokengate::config::Algorithm::DEFAULT.to_vec(),
+            clock_skew: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow_any_audience: false,
+            jwks_refresh: Duration::from_secs(600),
+            jwks_min_refresh: Duration::from_secs(1),
+            require_typ: None,
+            allow_http: false,
+            hmac_secret: None,
+            introspection: None,
+        }
+    }
+
     /// An `[[issuer]]` block for this provider: discovery (http is fine: loopback), and short
     /// `fetch_timeout` (1 s) and `jwks_min_refresh` (1 s) for tests.
     pub fn config_toml(&self, id: &str, audiences: &[&str]) -> String {

@@ -187,3 +187,41 @@ pub fn raw_status(answer: &str) -> Option<u16> {
 pub async fn connect(addr: SocketAddr) -> TokioIo<TcpStream> {
     TokioIo::new(TcpStream::connect(addr).await.expect("connect"))
 }
+
+/// Every `${NAME}` in `text` (a `$${` escape excluded).
+pub fn env_vars_used(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let escaped = i > 0 && rest.as_bytes()[i - 1] == b'$';
+        rest = &rest[i + 2..];
+        if escaped {
+            continue;
+        }
+        if let Some(end) = rest.find('}') {
+            let name = &rest[..end];
+            if !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Polls the admin `/readyz` (bounded: 10 s) until every issuer has keys.
+pub async fn wait_ready(proxy: &Proxy) {
+    let url = format!(
+        "http://{}/readyz",
+        proxy.admin.expect("an [admin] listener")
+    );
+    for _ in 0..200 {
+        if get(&url, &[]).await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy never became ready");
+}
