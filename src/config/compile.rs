@@ -310,9 +310,8 @@ fn identity(ctx: &mut Ctx<'_>, raw: raw::RawIdentity, p: &KeyPath) -> Checked<Id
 }
 
 fn identity_claims(ctx: &mut Ctx<'_>, list: Vec<String>, p: &KeyPath) -> Checked<Vec<String>> {
-    let mut out = Ok(Vec::new());
-    for (i, claim) in list.into_iter().enumerate() {
-        let checked = if claim.is_empty() {
+    ctx.unique_list(p, list, |claim| {
+        if claim.is_empty() {
             Err("must not be empty".to_owned())
         } else if claim.starts_with('/') {
             Err("identity.claims holds top-level claim names; JSON Pointers are for [identity.headers] and route claims".to_owned())
@@ -322,14 +321,8 @@ fn identity_claims(ctx: &mut Ctx<'_>, list: Vec<String>, p: &KeyPath) -> Checked
             ))
         } else {
             Ok(claim)
-        };
-        match (ctx.check(&p.index(i), checked), &mut out) {
-            (Ok(c), Ok(v)) if !v.contains(&c) => v.push(c),
-            (Err(r), _) => out = Err(r),
-            _ => {}
         }
-    }
-    out
+    })
 }
 
 fn identity_headers(

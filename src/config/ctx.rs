@@ -95,6 +95,25 @@ impl Ctx<'_> {
         result.map_err(|message| self.error(path, message))
     }
 
+    /// Checks every element of a list at its index (`path[i]`), reporting each problem, and
+    /// keeps the first of duplicate values in order.
+    pub(super) fn unique_list<I, T: PartialEq>(
+        &mut self,
+        path: &KeyPath,
+        items: impl IntoIterator<Item = I>,
+        mut check: impl FnMut(I) -> Result<T, String>,
+    ) -> Checked<Vec<T>> {
+        let mut out = Ok(Vec::new());
+        for (i, item) in items.into_iter().enumerate() {
+            match (self.check(&path.index(i), check(item)), &mut out) {
+                (Ok(value), Ok(list)) if !list.contains(&value) => list.push(value),
+                (Err(r), _) => out = Err(r),
+                _ => {}
+            }
+        }
+        out
+    }
+
     pub(super) fn required<T>(&mut self, value: Option<T>, path: &KeyPath) -> Checked<T> {
         match value {
             Some(v) => Ok(v),

@@ -196,9 +196,8 @@ pub(super) fn algorithm_list(
     if names.is_empty() {
         return Err(ctx.error(path, "at least one algorithm is required"));
     }
-    let mut out = Ok(Vec::new());
-    for (i, name) in names.iter().enumerate() {
-        let parsed = algorithm(name).and_then(|a| {
+    ctx.unique_list(path, names.iter(), |name| {
+        algorithm(name).and_then(|a| {
             if asymmetric_only && a.is_hmac() {
                 Err(format!(
                     "{name} is symmetric; DPoP proofs are signed with asymmetric keys only"
@@ -206,14 +205,8 @@ pub(super) fn algorithm_list(
             } else {
                 Ok(a)
             }
-        });
-        match (ctx.check(&path.index(i), parsed), &mut out) {
-            (Ok(a), Ok(list)) if !list.contains(&a) => list.push(a),
-            (Err(r), _) => out = Err(r),
-            _ => {}
-        }
-    }
-    out
+        })
+    })
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {

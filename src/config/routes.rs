@@ -148,15 +148,7 @@ fn route_methods(ctx: &mut Ctx<'_>, list: Vec<String>, p: &KeyPath) -> Checked<V
             "an empty list matches no request; leave methods out to allow any method",
         ));
     }
-    let mut out = Ok(Vec::new());
-    for (i, m) in list.iter().enumerate() {
-        match (ctx.check(&p.index(i), method(m)), &mut out) {
-            (Ok(m), Ok(v)) if !v.contains(&m) => v.push(m),
-            (Err(r), _) => out = Err(r),
-            _ => {}
-        }
-    }
-    out
+    ctx.unique_list(p, list.iter(), |m| method(m))
 }
 
 fn route_issuers(
@@ -172,12 +164,11 @@ fn route_issuers(
         ));
     }
     let known: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
-    let mut out = Ok(Vec::new());
-    for (i, name) in list.iter().enumerate() {
+    ctx.unique_list(p, list.iter(), |name| {
         let found = ids
             .iter()
             .position(|id| id.as_deref() == Some(name.as_str()));
-        let checked = found.ok_or_else(|| match raw::closest(name, known.iter().copied()) {
+        found.ok_or_else(|| match raw::closest(name, known.iter().copied()) {
             Some(best) => format!("unknown issuer id {name:?} (did you mean {best:?}?)"),
             None if known.is_empty() => {
                 format!("unknown issuer id {name:?}: no [[issuer]] is configured")
@@ -186,14 +177,8 @@ fn route_issuers(
                 "unknown issuer id {name:?} (configured: {})",
                 known.join(", ")
             ),
-        });
-        match (ctx.check(&p.index(i), checked), &mut out) {
-            (Ok(n), Ok(v)) if !v.contains(&n) => v.push(n),
-            (Err(r), _) => out = Err(r),
-            _ => {}
-        }
-    }
-    out
+        })
+    })
 }
 
 /// The route's policy, compiled by `Policy::compile` (the one place that knows the rules); each
