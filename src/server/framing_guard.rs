@@ -322,14 +322,32 @@ struct Head {
 
 impl Head {
     fn feed(&mut self, data: &[u8]) -> Step {
-        for (i, &b) in data.iter().enumerate() {
+        let mut i = 0;
+        while let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) {
+            if self.skips_to_line_end() {
+                // Most of a head is values of other fields (a bearer token alone is ~1 KiB):
+                // only the line end matters there, so find it at memchr speed.
+                match memchr::memchr2(b'\r', b'\n', rest) {
+                    Some(k) => i += k,
+                    None => return Step::Partial,
+                }
+            }
+            let Some(&b) = data.get(i) else { break };
+            i += 1;
             match self.step(b) {
                 Ok(false) => {}
-                Ok(true) => return Step::Done(i + 1),
+                Ok(true) => return Step::Done(i),
                 Err(Malformed) => return Step::Malformed,
             }
         }
         Step::Partial
+    }
+
+    /// In the value of a field other than `Content-Length`/`Transfer-Encoding`, with no CR
+    /// pending, every byte up to CR or LF leaves the state as it is (bar `line_ok`, which only
+    /// those two fields read).
+    fn skips_to_line_end(&self) -> bool {
+        self.phase == Phase::Value && self.field == Field::Other && !self.cr
     }
 
     /// One byte; `Ok(true)` when it ends the head. Mirrors httparse: CRLF or bare LF, empty
@@ -770,6 +788,7 @@ mod tests {
             b"GET /\r\n\r\n",
             b"GET / HTTP/1.1\rX\n\r\n",
             b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nAuthorization: Bearer a\rb\r\n\r\n",
             b" GET / HTTP/1.1\r\n\r\n",
             b"\rGET / HTTP/1.1\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
