@@ -38,7 +38,7 @@ use crate::server::framing_guard::HeadFlags;
 use crate::telemetry::{self, AccessLine};
 use crate::token::claims::{str_claim, Claims};
 use crate::token::extract::{self, Credential};
-use crate::userinfo::{Outcome, Userinfo};
+use crate::userinfo::{Outcome, TokenRef, Userinfo};
 
 mod checks;
 
@@ -261,6 +261,7 @@ impl Gateway {
             method: method.as_str(),
             path: &path.forward_path,
             cache_key: Some(verified.token_sha256),
+            claims_source: verified.userinfo_answer,
         };
         minter
             .mint(&input, authn::unix_now())
@@ -297,21 +298,28 @@ impl Gateway {
         ) else {
             return Ok(Principal::Token(verified));
         };
+        let token = TokenRef {
+            raw: token,
+            sha256: &verified.token_sha256,
+            issuer: verified.issuer,
+            claims: &verified.claims,
+            exp: verified.exp,
+        };
         let outcome = self
             .userinfo
             .enrich(
-                verified.issuer,
-                issuer,
                 token,
-                &verified.claims,
-                verified.exp,
+                issuer,
                 route.userinfo_max_age,
                 false,
                 authn::unix_now(),
             )
             .await?;
         match outcome {
-            Outcome::Enriched(merged) => verified.claims = merged,
+            Outcome::Enriched { claims, answer } => {
+                verified.claims = claims;
+                verified.userinfo_answer = answer;
+            }
             Outcome::Skipped(reason) => line.reason = Some(reason),
         }
         Ok(Principal::Token(verified))

@@ -95,6 +95,7 @@ fn input<'a>(
         method: "POST",
         path: "/orders/7",
         cache_key,
+        claims_source: 0,
     }
 }
 

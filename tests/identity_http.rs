@@ -273,3 +273,55 @@ async fn jwks_is_published_on_both_listeners_with_previous_keys_during_rotation(
     // The JWKS route takes precedence over the catch-all route and needs no token.
     assert!(w.echo.seen().iter().all(|s| !s.target.contains("jwks")));
 }
+
+/// The assertion is reused only while the claims it carries stay the same: a cached userinfo
+/// answer keeps it, a fresh answer that changed a claim gets a new one (on every route).
+#[tokio::test]
+async fn a_changed_userinfo_answer_gets_a_new_assertion_and_a_cached_one_keeps_it() {
+    let w = start(
+        KeygenAlg::Es256,
+        false,
+        "\n[[route]]\nid = \"fresh\"\npath = \"/fresh\"\nuserinfo = true\nuserinfo_max_age = \"0s\"\n\n\
+         [[route]]\nid = \"cached\"\npath = \"/cached\"\nuserinfo = true\n",
+    )
+    .await;
+    let token = w.issuer.token("RS256", json!({"sub": "alice"}));
+    let answer_with = |email: &'static str| {
+        let token = token.clone();
+        move |s: &mut support::issuer::Settings| {
+            s.userinfo
+                .insert(token, json!({"sub": "alice", "email": email}));
+        }
+    };
+    let bearer = format!("Bearer {token}");
+    let audience = format!("http://{}", w.echo.addr);
+    let jwks = w.jwks().await;
+    let mut send = async |path: &str| {
+        let answer = get(&w.proxy.url(path), &[("authorization", &bearer)]).await;
+        assert_eq!(answer.status, 200, "{path}");
+        let assertion = w.last_assertion().expect("an assertion upstream");
+        let (_, claims) = verify(&jwks, &assertion, &audience);
+        (assertion, claims["email"].clone())
+    };
+
+    w.issuer.configure(answer_with("old@example.com"));
+    let (cached, email) = send("/cached").await;
+    assert_eq!(email, "old@example.com");
+    assert_eq!(
+        send("/cached").await.0,
+        cached,
+        "same answer, same assertion"
+    );
+    let (fresh, email) = send("/fresh").await;
+    assert_eq!(email, "old@example.com");
+
+    w.issuer.configure(answer_with("new@example.com"));
+    let (refreshed, email) = send("/fresh").await;
+    assert_eq!(email, "new@example.com");
+    assert_ne!(refreshed, fresh);
+    // The refreshed answer replaced the cached one, for every route: so did the assertion.
+    let (recached, email) = send("/cached").await;
+    assert_eq!(email, "new@example.com");
+    assert_ne!(recached, cached);
+    assert_eq!(send("/cached").await.0, recached);
+}

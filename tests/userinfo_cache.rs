@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,7 +22,7 @@ use tokengate::rejection::Rejection;
 use tokengate::token::claims::Claims;
 use tokengate::token::jwks::IssuerKeys;
 use tokengate::token::jwt;
-use tokengate::userinfo::{Outcome, Userinfo, UserinfoCounters, REJECTED_DESCRIPTION};
+use tokengate::userinfo::{Outcome, TokenRef, Userinfo, UserinfoCounters, REJECTED_DESCRIPTION};
 
 const USERINFO: &str = "/userinfo";
 const LONG: Duration = Duration::from_secs(300);
@@ -107,16 +108,15 @@ async fn enrich_at(
     token_exp: i64,
     max_age: Option<Duration>,
 ) -> Result<Outcome, Rejection> {
-    let call = ui.enrich(
-        issuer_index,
-        keys,
-        &token.raw,
-        &token.claims,
-        token_exp,
-        max_age,
-        false,
-        now_unix(),
-    );
+    let sha256: [u8; 32] = Sha256::digest(token.raw.as_bytes()).into();
+    let token = TokenRef {
+        raw: &token.raw,
+        sha256: &sha256,
+        issuer: issuer_index,
+        claims: &token.claims,
+        exp: token_exp,
+    };
+    let call = ui.enrich(token, keys, max_age, false, now_unix());
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("enrich returns within 10 s")
@@ -125,7 +125,7 @@ async fn enrich_at(
 #[track_caller]
 fn enriched(outcome: Result<Outcome, Rejection>) -> Arc<Claims> {
     match outcome {
-        Ok(Outcome::Enriched(claims)) => claims,
+        Ok(Outcome::Enriched { claims, .. }) => claims,
         other => panic!("expected enriched claims, got {other:?}"),
     }
 }
@@ -662,18 +662,15 @@ async fn dpop_bound_tokens_are_never_sent_to_userinfo() {
     let env = env().await;
     let ui = Userinfo::new(&settings(OnError::Deny));
     let token = token(&env, json!({"sub": "alice", "cnf": {"jkt": "abc"}}));
-    let outcome = ui
-        .enrich(
-            0,
-            &env.keys,
-            &token.raw,
-            &token.claims,
-            token.exp,
-            None,
-            true,
-            now_unix(),
-        )
-        .await;
+    let sha256: [u8; 32] = Sha256::digest(token.raw.as_bytes()).into();
+    let bound = TokenRef {
+        raw: &token.raw,
+        sha256: &sha256,
+        issuer: 0,
+        claims: &token.claims,
+        exp: token.exp,
+    };
+    let outcome = ui.enrich(bound, &env.keys, None, true, now_unix()).await;
     skipped(outcome, "dpop_bound_token");
     assert_eq!(env.mock.hits(USERINFO), 0);
     assert_eq!(ui.counters(), UserinfoCounters::default());
@@ -824,4 +821,24 @@ fn rss_kib() -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_merged_once_and_keeps_its_id_until_asked_again() {
+    let env = env().await;
+    let ui = Userinfo::new(&settings(OnError::Deny));
+    let token = alice(&env);
+    let id_of = |outcome: Result<Outcome, Rejection>| match outcome {
+        Ok(Outcome::Enriched { claims, answer }) => (claims, answer),
+        other => panic!("expected enriched claims, got {other:?}"),
+    };
+    let (first, first_id) = id_of(enrich(&ui, &env, &token, None).await);
+    let (again, again_id) = id_of(enrich(&ui, &env, &token, None).await);
+    assert!(Arc::ptr_eq(&first, &again), "the merge is reused");
+    assert_eq!(first_id, again_id);
+    assert_ne!(first_id, 0, "0 means the token's own claims");
+    // `userinfo_max_age = 0s` asks again: a new answer, a new id.
+    let (_, fresh_id) = id_of(enrich(&ui, &env, &token, Some(Duration::ZERO)).await);
+    assert_ne!(fresh_id, first_id);
+    assert_eq!(env.mock.hits(USERINFO), 2);
 }

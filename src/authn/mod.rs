@@ -43,6 +43,9 @@ pub struct Verified {
     pub token_sha256: [u8; 32],
     /// `"jwt"` (introspection and DPoP come later).
     pub auth: &'static str,
+    /// The userinfo answer merged into `claims` (`Outcome::Enriched::answer`); 0 when the claims
+    /// are the token's own. With the token hash it identifies the claims' content.
+    pub userinfo_answer: u64,
 }
 
 /// Current unix time in seconds.
@@ -173,6 +176,7 @@ pub async fn authenticate(
         issuer: entry.issuer,
         token_sha256: hash,
         auth: "jwt",
+        userinfo_answer: 0,
     }))
 }
 

@@ -20,14 +20,17 @@
 //! # Reuse cache
 //!
 //! Signing costs ~20 µs (ES256) to several hundred µs (RS256) per request, so a minted assertion
-//! is reused for later requests that would get an assertion with *identical* content. The cache is
-//! content-addressed: its key is SHA-256 over the caller's token hash
-//! ([`AssertionInput::cache_key`]), the token's `exp`, and the serialized payload minus `iat`,
-//! `exp` and `jti` — that is `iss`, `sub`, `aud`, `route`, `token_iss`, `auth`, every copied claim
-//! and, with `bind_request`, `htm`/`htp`. So an assertion is never reused for another token,
-//! another route or audience, another method/path (with `bind_request`), or after the merged
-//! claims changed (a userinfo refresh that changes `email` yields a new assertion). Hashing the
-//! payload costs about a microsecond, far below a signature.
+//! is reused for later requests that would get an assertion with *identical* content. The
+//! payload (minus `iat`, `exp`, `jti`) is a function of `iss`, the copied claims, `aud`, `route`,
+//! `token_iss`, `auth` and, with `bind_request`, `htm`/`htp`; the claims in turn are a function of
+//! the access token and of the userinfo answer merged into them. So the cache key is SHA-256
+//! over the caller's token hash ([`AssertionInput::cache_key`]), the token's `exp`,
+//! [`AssertionInput::claims_source`] (which userinfo answer, if any, the claims hold), the route,
+//! audience, token issuer and `auth` — one hash block, no serialization, on every reuse. With
+//! `bind_request` the key is instead SHA-256 over the token hash, `exp` and the serialized
+//! payload itself (method and path included). Either way an assertion is never reused for another
+//! token, another route or audience, another method/path (with `bind_request`), or after the
+//! merged claims changed (a userinfo refresh that changes `email` yields a new assertion).
 //!
 //! An entry is reused while `iat <= now < exp - margin`, with margin = `min(10 s, max(1 s,
 //! ttl / 4))`, so the upstream always gets at least that much validity left; a clock that stepped
@@ -78,8 +81,9 @@ pub const SET_BY_PROXY: [&str; 10] = [
     "htm",
     "htp",
 ];
-/// Domain separation for the cache key hash.
-const CACHE_KEY_DOMAIN: &[u8] = b"tokengate identity assertion cache v1\0";
+/// Domain separation for the two kinds of cache key (by inputs, by serialized payload).
+const SOURCE_KEY_DOMAIN: &[u8] = b"tokengate identity assertion cache by source v1\0";
+const PAYLOAD_KEY_DOMAIN: &[u8] = b"tokengate identity assertion cache by payload v1\0";
 
 /// What one request contributes to its assertion.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +105,9 @@ pub struct AssertionInput<'a> {
     pub path: &'a str,
     /// SHA-256 of the access token when reuse is allowed for this request; `None` always mints.
     pub cache_key: Option<[u8; 32]>,
+    /// What `claims` are, for that token: 0 for the token's own claims, else the id of the
+    /// userinfo answer merged into them. Equal values must mean equal claims.
+    pub claims_source: u64,
 }
 
 struct Cached {
@@ -175,16 +182,26 @@ impl Minter {
     /// The assertion for this request, as a header value (marked sensitive: never HPACK-indexed,
     /// hidden from `Debug`). Reuses a cached one when allowed (see the module docs).
     pub fn mint(&self, input: &AssertionInput<'_>, now_unix: i64) -> Result<HeaderValue, String> {
-        let body = self.stable_claims(input)?;
-        let cache_key = input
-            .cache_key
-            .filter(|_| self.capacity > 0)
-            .map(|token| cache_key(&token, input.token_exp, &body));
+        let mut body = None;
+        let cache_key = match input.cache_key.filter(|_| self.capacity > 0) {
+            None => None,
+            Some(token) if !self.bind_request => Some(source_key(&token, input)),
+            Some(token) => {
+                let stable = self.stable_claims(input)?;
+                let key = payload_key(&token, input.token_exp, &stable);
+                body = Some(stable);
+                Some(key)
+            }
+        };
         if let Some(k) = &cache_key {
             if let Some(hit) = self.lookup(k, now_unix) {
                 return Ok(hit);
             }
         }
+        let body = match body {
+            Some(body) => body,
+            None => self.stable_claims(input)?,
+        };
         let exp = now_unix.saturating_add(self.ttl_secs).min(input.token_exp);
         let payload = finish_payload(body, now_unix, exp, &new_jti()?)?;
         let jws = self.key.sign_compact(&payload)?;
@@ -267,9 +284,25 @@ fn ttl_seconds(ttl: Duration) -> i64 {
     i64::try_from(secs.max(1)).map_or(i64::from(u32::MAX), |s| s.min(i64::from(u32::MAX)))
 }
 
-fn cache_key(token: &[u8; 32], token_exp: i64, body: &[u8]) -> [u8; 32] {
+/// The key when the payload is a function of the inputs (no `bind_request`). Strings are
+/// length-prefixed so that no two input combinations hash the same bytes.
+fn source_key(token: &[u8; 32], input: &AssertionInput<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(CACHE_KEY_DOMAIN);
+    h.update(SOURCE_KEY_DOMAIN);
+    h.update(token);
+    h.update(input.token_exp.to_be_bytes());
+    h.update(input.claims_source.to_be_bytes());
+    for text in [input.route_id, input.audience, input.token_iss, input.auth] {
+        h.update((text.len() as u64).to_be_bytes());
+        h.update(text);
+    }
+    h.finalize().into()
+}
+
+/// The key by serialized payload (with `bind_request`, whose method and path it holds).
+fn payload_key(token: &[u8; 32], token_exp: i64, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(PAYLOAD_KEY_DOMAIN);
     h.update(token);
     h.update(token_exp.to_be_bytes());
     h.update(body);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::token::claims::Claims;
+use super::client::Answer;
 
 /// (issuer index in `Config::issuers`, SHA-256 of the whole token). Never the raw token.
 pub(crate) type Key = (usize, [u8; 32]);
@@ -44,7 +44,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 #[derive(Debug, Clone)]
 pub(crate) enum Cached {
     /// The userinfo answer (a JSON object, or a verified signed JWT's claims), unmerged.
-    Answer(Arc<Claims>),
+    Answer(Arc<Answer>),
     /// The endpoint answered 401.
     Rejected,
 }

@@ -16,7 +16,8 @@
 //! the body.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::ACCEPT;
@@ -31,11 +32,34 @@ use crate::token::jwt::{self, JwtError, Profile};
 /// `max_entries` of them.
 pub const MAX_USERINFO_BYTES: usize = 64 * 1024;
 
+/// One userinfo answer as received, shared by the cache and every request that uses it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The answer's claims (unmerged, `sub` not yet compared).
+    pub claims: Claims,
+    /// Unique per answer received in this process (never 0).
+    pub serial: u64,
+    /// The token's claims with this answer merged over them. An answer is only ever reached
+    /// through its token's hash (cache and single-flight key), so every request that uses it
+    /// carries the same token and the same claims: the first one merges, the rest reuse it.
+    pub merged: OnceLock<Arc<Claims>>,
+}
+
+impl Answer {
+    pub fn new(claims: Claims) -> Arc<Answer> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Answer {
+            claims,
+            serial: NEXT.fetch_add(1, Ordering::Relaxed),
+            merged: OnceLock::new(),
+        })
+    }
+}
+
 /// The result of one userinfo call, shared by every request that waited for it.
 #[derive(Debug, Clone)]
 pub(crate) enum Fetched {
-    /// The answer's claims (unmerged, `sub` not yet compared).
-    Answer(Arc<Claims>),
+    Answer(Arc<Answer>),
     /// The endpoint answered 401: the token is not (or no longer) accepted.
     Rejected,
     Failed(Failure),
@@ -109,7 +133,7 @@ pub(crate) async fn call(
         json_object(&answer.body)
     };
     match claims {
-        Ok(claims) => Fetched::Answer(Arc::new(claims)),
+        Ok(claims) => Fetched::Answer(Answer::new(claims)),
         Err(failure) => Fetched::Failed(failure),
     }
 }

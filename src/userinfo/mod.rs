@@ -48,7 +48,6 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::{DashMap, DashSet};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -95,11 +94,29 @@ const MIN_PURGE_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The token's claims with the userinfo answer merged over them.
-    Enriched(Arc<Claims>),
+    Enriched {
+        claims: Arc<Claims>,
+        /// Identifies the answer (unique in the process): for one token, the merged claims
+        /// are the same exactly when this is.
+        answer: u64,
+    },
     /// Forward with the token's claims only; the reason is for the access log:
     /// `"dpop_bound_token"`, `"userinfo_unavailable"` (a failure under `on_error = "proceed"`),
     /// `"no_userinfo_endpoint"` (likewise, the issuer has none).
     Skipped(&'static str),
+}
+
+/// The verified access token of a request, as enrichment needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef<'a> {
+    pub raw: &'a str,
+    /// SHA-256 of `raw`, computed once by authentication (the cache key).
+    pub sha256: &'a [u8; 32],
+    /// Index of its issuer in `Config::issuers`.
+    pub issuer: usize,
+    pub claims: &'a Claims,
+    /// Its `exp` (unix seconds).
+    pub exp: i64,
 }
 
 /// Counter values for `/metrics` (SPEC §7).
@@ -179,18 +196,13 @@ impl Userinfo {
         })
     }
 
-    /// Enriches a verified token's claims (module docs). `issuer_index` is the issuer's index in
-    /// `Config::issuers`, `issuer` its key state (endpoint, client, keys for signed answers);
-    /// `token_exp` the token's `exp` (unix seconds), `route_max_age` the route's
+    /// Enriches a verified token's claims (module docs). `issuer` is the token issuer's key
+    /// state (endpoint, client, keys for signed answers), `route_max_age` the route's
     /// `userinfo_max_age`, `dpop_bound` whether the token is bound to a DPoP key.
-    #[allow(clippy::too_many_arguments)]
     pub async fn enrich(
         &self,
-        issuer_index: usize,
+        token: TokenRef<'_>,
         issuer: &Arc<IssuerKeys>,
-        token: &str,
-        token_claims: &Claims,
-        token_exp: i64,
         route_max_age: Option<Duration>,
         dpop_bound: bool,
         now_unix: i64,
@@ -198,27 +210,27 @@ impl Userinfo {
         if dpop_bound {
             return Ok(Outcome::Skipped("dpop_bound_token"));
         }
-        let key: Key = (issuer_index, Sha256::digest(token.as_bytes()).into());
+        let key: Key = (token.issuer, *token.sha256);
         if let Some(cached) = self.cache.get(&key, Instant::now(), route_max_age) {
             bump(&self.stats.hits);
-            return self.judge(Fetched::from(cached), token_claims);
+            return self.judge(Fetched::from(cached), token.claims);
         }
         let Some(endpoint) = issuer.userinfo_endpoint() else {
             bump(&self.stats.misses);
             bump(&self.stats.error);
-            self.report_no_endpoint(issuer_index, issuer);
+            self.report_no_endpoint(token.issuer, issuer);
             return self.on_error("no_userinfo_endpoint");
         };
         let call = Call {
             key,
             issuer: issuer.clone(),
             endpoint,
-            token: token.to_owned(),
-            token_exp,
+            token: token.raw.to_owned(),
+            token_exp: token.exp,
             now_unix,
         };
         let fetched = self.flight(call, route_max_age).await;
-        self.judge(fetched, token_claims)
+        self.judge(fetched, token.claims)
     }
 
     /// Current counter values.
@@ -368,13 +380,19 @@ impl Userinfo {
         match fetched {
             Fetched::Answer(answer) => {
                 let token_sub = claims::str_claim(token_claims, "sub");
-                if token_sub.is_none() || claims::str_claim(&answer, "sub") != token_sub {
+                if token_sub.is_none() || claims::str_claim(&answer.claims, "sub") != token_sub {
                     return Err(Rejection::InvalidToken {
                         reason: "userinfo_wrong_subject",
                         description: "userinfo subject does not match the token".into(),
                     });
                 }
-                Ok(Outcome::Enriched(Arc::new(merge(token_claims, &answer))))
+                let claims = answer
+                    .merged
+                    .get_or_init(|| Arc::new(merge(token_claims, &answer.claims)));
+                Ok(Outcome::Enriched {
+                    claims: claims.clone(),
+                    answer: answer.serial,
+                })
             }
             Fetched::Rejected => Err(Rejection::InvalidToken {
                 reason: "userinfo_rejected",

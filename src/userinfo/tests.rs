@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::cache::{lifetime, Cache, Cached, Key, NEGATIVE_TTL};
+use super::client::Answer;
 use super::*;
 
 fn claims(v: Value) -> Claims {
@@ -24,7 +25,7 @@ fn key(n: u32) -> Key {
 }
 
 fn answer(sub: &str) -> Cached {
-    Cached::Answer(Arc::new(claims(json!({"sub": sub}))))
+    Cached::Answer(Answer::new(claims(json!({"sub": sub}))))
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -272,22 +273,22 @@ fn judge_compares_subjects_and_maps_failures() {
         on_error: OnError::Deny,
     });
     let token = claims(json!({"sub": "alice", "scope": "read"}));
-    let ok = Fetched::Answer(Arc::new(claims(json!({"sub": "alice", "email": "a@x"}))));
+    let ok = Fetched::Answer(Answer::new(claims(json!({"sub": "alice", "email": "a@x"}))));
     match deny.judge(ok, &token) {
-        Ok(Outcome::Enriched(merged)) => assert_eq!(merged["email"], "a@x"),
+        Ok(Outcome::Enriched { claims, .. }) => assert_eq!(claims["email"], "a@x"),
         other => panic!("{other:?}"),
     }
-    let wrong = Fetched::Answer(Arc::new(claims(json!({"sub": "bob"}))));
+    let wrong = Fetched::Answer(Answer::new(claims(json!({"sub": "bob"}))));
     let err = deny.judge(wrong, &token).unwrap_err();
     assert_eq!(err.status(), 401);
     assert_eq!(err.reason(), "userinfo_wrong_subject");
-    let no_sub = Fetched::Answer(Arc::new(claims(json!({"email": "a@x"}))));
+    let no_sub = Fetched::Answer(Answer::new(claims(json!({"email": "a@x"}))));
     assert!(deny.judge(no_sub.clone(), &token).is_err());
     // A token without `sub` never matches, not even an answer without one.
     assert!(deny
         .judge(no_sub, &claims(json!({"client_id": "c"})))
         .is_err());
-    let numeric = Fetched::Answer(Arc::new(claims(json!({"sub": 1}))));
+    let numeric = Fetched::Answer(Answer::new(claims(json!({"sub": 1}))));
     assert!(deny.judge(numeric, &claims(json!({"sub": 1}))).is_err());
 
     let rejected = deny.judge(Fetched::Rejected, &token).unwrap_err();

@@ -61,6 +61,7 @@ fn input<'a>(claims: &'a Claims, token: Option<[u8; 32]>) -> AssertionInput<'a> 
         method: "POST",
         path: "/orders/7",
         cache_key: token,
+        claims_source: 0,
     }
 }
 
@@ -280,6 +281,11 @@ fn cache_never_crosses_tokens_routes_audiences_claims_or_bound_requests() {
             },
             AssertionInput {
                 claims: &other_claims,
+                claims_source: 7,
+                ..base
+            },
+            AssertionInput {
+                token_iss: "https://other-idp.example.com",
                 ..base
             },
             AssertionInput {
