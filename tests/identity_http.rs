@@ -296,7 +296,7 @@ async fn a_changed_userinfo_answer_gets_a_new_assertion_and_a_cached_one_keeps_i
     let bearer = format!("Bearer {token}");
     let audience = format!("http://{}", w.echo.addr);
     let jwks = w.jwks().await;
-    let mut send = async |path: &str| {
+    let send = async |path: &str| {
         let answer = get(&w.proxy.url(path), &[("authorization", &bearer)]).await;
         assert_eq!(answer.status, 200, "{path}");
         let assertion = w.last_assertion().expect("an assertion upstream");
