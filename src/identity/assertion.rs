@@ -63,8 +63,8 @@ use crate::config::model::Identity;
 use crate::token::claims::Claims;
 
 /// Most assertions kept for reuse. An assertion is 0.7 KiB (ES256, EdDSA) to 1 KiB (RS256-2048;
-/// 1.1 KiB at 3072 bits) with the default claims, so the cache stays around 10 MiB at worst.
-pub const CACHE_CAPACITY: usize = 8192;
+/// 1.1 KiB at 3072 bits) with the default claims, so the cache stays around 5 MiB at worst.
+pub const CACHE_CAPACITY: usize = 4096;
 /// The largest safety margin before `exp` at which a cached assertion stops being reused.
 const MAX_REFRESH_MARGIN: i64 = 10;
 /// Claims the minter always sets itself (SPEC §5); the config loader refuses them in

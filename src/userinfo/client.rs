@@ -17,13 +17,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::ACCEPT;
 use serde_json::Value;
 
-use crate::token::claims::Claims;
+use crate::token::claims::{self, Claims};
 use crate::token::fetch::{self, FetchError};
 use crate::token::jwks::IssuerKeys;
 use crate::token::jwt::{self, JwtError, Profile};
@@ -32,27 +32,39 @@ use crate::token::jwt::{self, JwtError, Profile};
 /// `max_entries` of them.
 pub const MAX_USERINFO_BYTES: usize = 64 * 1024;
 
-/// One userinfo answer as received, shared by the cache and every request that uses it.
+/// One userinfo answer as received, shared by the cache and every request that uses it. The
+/// claims are kept as compact JSON: a cache of 100 000 answers holds them all, and a parsed map
+/// costs several times the bytes (requests in steady use get their merge from
+/// `Userinfo::merged` without parsing).
 #[derive(Debug)]
 pub(crate) struct Answer {
-    /// The answer's claims (unmerged, `sub` not yet compared).
-    pub claims: Claims,
+    claims_json: Box<[u8]>,
+    /// The answer's `sub` when it is a string (compared with the token's on every use).
+    sub: Option<Box<str>>,
     /// Unique per answer received in this process (never 0).
     pub serial: u64,
-    /// The token's claims with this answer merged over them. An answer is only ever reached
-    /// through its token's hash (cache and single-flight key), so every request that uses it
-    /// carries the same token and the same claims: the first one merges, the rest reuse it.
-    pub merged: OnceLock<Arc<Claims>>,
 }
 
 impl Answer {
-    pub fn new(claims: Claims) -> Arc<Answer> {
+    pub fn new(claims: &Claims) -> Arc<Answer> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Answer {
-            claims,
+            // Serializing a map of JSON values cannot fail.
+            claims_json: serde_json::to_vec(claims)
+                .unwrap_or_default()
+                .into_boxed_slice(),
+            sub: claims::str_claim(claims, "sub").map(Into::into),
             serial: NEXT.fetch_add(1, Ordering::Relaxed),
-            merged: OnceLock::new(),
         })
+    }
+
+    pub fn sub(&self) -> Option<&str> {
+        self.sub.as_deref()
+    }
+
+    /// The answer's claims (unmerged).
+    pub fn claims(&self) -> Claims {
+        serde_json::from_slice(&self.claims_json).unwrap_or_default()
     }
 }
 
@@ -133,7 +145,7 @@ pub(crate) async fn call(
         json_object(&answer.body)
     };
     match claims {
-        Ok(claims) => Fetched::Answer(Answer::new(claims)),
+        Ok(claims) => Fetched::Answer(Answer::new(&claims)),
         Err(failure) => Fetched::Failed(failure),
     }
 }

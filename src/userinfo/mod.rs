@@ -60,7 +60,7 @@ pub use cache::NEGATIVE_TTL;
 pub use client::MAX_USERINFO_BYTES;
 
 use cache::{Cache, Cached, Key};
-use client::{Failure, Fetched};
+use client::{Answer, Failure, Fetched};
 
 #[cfg(test)]
 mod tests;
@@ -85,6 +85,9 @@ pub const REJECTED_DESCRIPTION: &str = "userinfo endpoint rejected the token";
 
 /// `Retry-After` of the 503 when userinfo is unavailable and `on_error = "deny"`.
 const RETRY_AFTER_SECS: u32 = 5;
+
+/// Merged claims kept for reuse (see `Userinfo::merged`).
+const MERGED_ENTRIES: usize = 512;
 
 /// The background purge runs every `min(cache_ttl, 30 s)`, at least every second.
 const MAX_PURGE_PERIOD: Duration = Duration::from_secs(30);
@@ -160,6 +163,11 @@ pub struct Userinfo {
     timeout: Duration,
     on_error: OnError,
     cache: Cache,
+    /// The merged claims of recently used answers, with the answer's serial: an answer is only
+    /// reached through its token's hash, so every request that uses it carries the same token
+    /// claims and gets the same merge. Bounded by [`MERGED_ENTRIES`] (emptied when full): a
+    /// merged map is several KiB, too much to keep next to every cached answer.
+    merged: DashMap<Key, (u64, Arc<Claims>)>,
     /// Calls in progress: (flight id, receiver of its result). Cloned out, never awaited in place.
     in_flight: DashMap<Key, (u64, watch::Receiver<Option<Fetched>>)>,
     next_flight: AtomicU64,
@@ -189,6 +197,7 @@ impl Userinfo {
             timeout: settings.timeout,
             on_error: settings.on_error,
             cache: Cache::new(settings.max_entries),
+            merged: DashMap::new(),
             in_flight: DashMap::new(),
             next_flight: AtomicU64::new(0),
             stats: Stats::default(),
@@ -213,7 +222,7 @@ impl Userinfo {
         let key: Key = (token.issuer, *token.sha256);
         if let Some(cached) = self.cache.get(&key, Instant::now(), route_max_age) {
             bump(&self.stats.hits);
-            return self.judge(Fetched::from(cached), token.claims);
+            return self.judge(&key, Fetched::from(cached), token.claims);
         }
         let Some(endpoint) = issuer.userinfo_endpoint() else {
             bump(&self.stats.misses);
@@ -230,7 +239,7 @@ impl Userinfo {
             now_unix,
         };
         let fetched = self.flight(call, route_max_age).await;
-        self.judge(fetched, token.claims)
+        self.judge(&key, fetched, token.claims)
     }
 
     /// Current counter values.
@@ -376,21 +385,23 @@ impl Userinfo {
     }
 
     /// Turns a result into this request's outcome (module docs, step 4, and failures).
-    fn judge(&self, fetched: Fetched, token_claims: &Claims) -> Result<Outcome, Rejection> {
+    fn judge(
+        &self,
+        key: &Key,
+        fetched: Fetched,
+        token_claims: &Claims,
+    ) -> Result<Outcome, Rejection> {
         match fetched {
             Fetched::Answer(answer) => {
                 let token_sub = claims::str_claim(token_claims, "sub");
-                if token_sub.is_none() || claims::str_claim(&answer.claims, "sub") != token_sub {
+                if token_sub.is_none() || answer.sub() != token_sub {
                     return Err(Rejection::InvalidToken {
                         reason: "userinfo_wrong_subject",
                         description: "userinfo subject does not match the token".into(),
                     });
                 }
-                let claims = answer
-                    .merged
-                    .get_or_init(|| Arc::new(merge(token_claims, &answer.claims)));
                 Ok(Outcome::Enriched {
-                    claims: claims.clone(),
+                    claims: self.merged(key, &answer, token_claims),
                     answer: answer.serial,
                 })
             }
@@ -400,6 +411,25 @@ impl Userinfo {
             }),
             Fetched::Failed(_) => self.on_error("userinfo_unavailable"),
         }
+    }
+
+    /// The token's claims with `answer` merged over them, merged once per answer while it is
+    /// in use.
+    fn merged(&self, key: &Key, answer: &Answer, token_claims: &Claims) -> Arc<Claims> {
+        let reused = self
+            .merged
+            .get(key)
+            .filter(|m| m.0 == answer.serial)
+            .map(|m| m.1.clone());
+        if let Some(claims) = reused {
+            return claims;
+        }
+        let claims = Arc::new(merge(token_claims, &answer.claims()));
+        if self.merged.len() >= MERGED_ENTRIES {
+            self.merged.clear();
+        }
+        self.merged.insert(*key, (answer.serial, claims.clone()));
+        claims
     }
 
     fn on_error(&self, skipped: &'static str) -> Result<Outcome, Rejection> {

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::cache::{lifetime, Cache, Cached, Key, NEGATIVE_TTL};
-use super::client::Answer;
 use super::*;
 
 fn claims(v: Value) -> Claims {
@@ -25,7 +24,7 @@ fn key(n: u32) -> Key {
 }
 
 fn answer(sub: &str) -> Cached {
-    Cached::Answer(Answer::new(claims(json!({"sub": sub}))))
+    Cached::Answer(Answer::new(&claims(json!({"sub": sub}))))
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -273,25 +272,29 @@ fn judge_compares_subjects_and_maps_failures() {
         on_error: OnError::Deny,
     });
     let token = claims(json!({"sub": "alice", "scope": "read"}));
-    let ok = Fetched::Answer(Answer::new(claims(json!({"sub": "alice", "email": "a@x"}))));
-    match deny.judge(ok, &token) {
+    let ok = Fetched::Answer(Answer::new(&claims(
+        json!({"sub": "alice", "email": "a@x"}),
+    )));
+    match deny.judge(&key(1), ok, &token) {
         Ok(Outcome::Enriched { claims, .. }) => assert_eq!(claims["email"], "a@x"),
         other => panic!("{other:?}"),
     }
-    let wrong = Fetched::Answer(Answer::new(claims(json!({"sub": "bob"}))));
-    let err = deny.judge(wrong, &token).unwrap_err();
+    let wrong = Fetched::Answer(Answer::new(&claims(json!({"sub": "bob"}))));
+    let err = deny.judge(&key(1), wrong, &token).unwrap_err();
     assert_eq!(err.status(), 401);
     assert_eq!(err.reason(), "userinfo_wrong_subject");
-    let no_sub = Fetched::Answer(Answer::new(claims(json!({"email": "a@x"}))));
-    assert!(deny.judge(no_sub.clone(), &token).is_err());
+    let no_sub = Fetched::Answer(Answer::new(&claims(json!({"email": "a@x"}))));
+    assert!(deny.judge(&key(1), no_sub.clone(), &token).is_err());
     // A token without `sub` never matches, not even an answer without one.
     assert!(deny
-        .judge(no_sub, &claims(json!({"client_id": "c"})))
+        .judge(&key(1), no_sub, &claims(json!({"client_id": "c"})))
         .is_err());
-    let numeric = Fetched::Answer(Answer::new(claims(json!({"sub": 1}))));
-    assert!(deny.judge(numeric, &claims(json!({"sub": 1}))).is_err());
+    let numeric = Fetched::Answer(Answer::new(&claims(json!({"sub": 1}))));
+    assert!(deny
+        .judge(&key(1), numeric, &claims(json!({"sub": 1})))
+        .is_err());
 
-    let rejected = deny.judge(Fetched::Rejected, &token).unwrap_err();
+    let rejected = deny.judge(&key(1), Fetched::Rejected, &token).unwrap_err();
     assert_eq!(
         rejected,
         Rejection::InvalidToken {
@@ -300,7 +303,7 @@ fn judge_compares_subjects_and_maps_failures() {
         }
     );
     let failed = Fetched::Failed(Failure::Status(500));
-    let err = deny.judge(failed.clone(), &token).unwrap_err();
+    let err = deny.judge(&key(1), failed.clone(), &token).unwrap_err();
     assert_eq!(err.status(), 503);
 
     let proceed = Userinfo::new(&config::Userinfo {
@@ -310,7 +313,7 @@ fn judge_compares_subjects_and_maps_failures() {
         on_error: OnError::Proceed,
     });
     assert!(matches!(
-        proceed.judge(failed, &token),
+        proceed.judge(&key(1), failed, &token),
         Ok(Outcome::Skipped("userinfo_unavailable"))
     ));
 }
