@@ -180,7 +180,7 @@ mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f MiB", kb / 1024 }'; }
 
 # ------------------------------------------------------------------------------------------------
 # Ports, keys, tokens
-mapfile -t PORTS < <("$BIN/bench-issuer" ports 17)
+mapfile -t PORTS < <("$BIN/bench-issuer" ports 19)
 P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}
 ISSUER_URL="http://127.0.0.1:$P_ISS"
 UPSTREAM_URL="http://127.0.0.1:$P_UP"
@@ -635,6 +635,25 @@ if [ "$MEMORY" = 1 ]; then
   idle_conns "$mem_main" "$PID_tgmem"; tg_conns=$CONNS_RESULT
   idle_conns "$P_BARE" "$PID_bare"; bare_conns=$CONNS_RESULT
   echo "| RSS with $IDLE_CONNS idle keep-alive connections | $tg_conns | $bare_conns |"
+
+  # A fresh userinfo-route tokengate that sees every pre-minted token once: its verified-token
+  # cache and its userinfo cache then hold one entry per token.
+  cm_main=${PORTS[17]}; cm_admin=${PORTS[18]}
+  tokengate_config 7 "$cm_main" "$cm_admin" >"$WORK/caches.toml"
+  start tgcaches "$BIN/tokengate" serve --config "$WORK/caches.toml"
+  wait_http "http://127.0.0.1:$cm_admin/readyz" 30 || die "the cache-memory tokengate did not start: $(tail -n 3 "$WORK/tgcaches.log")"
+  cache_idle=$(rss_kb "$PID_tgcaches" VmRSS)
+  echo 0 >"$WORK/caches-state"
+  calls_before=$(userinfo_calls)
+  for _ in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    "${LOAD_PIN[@]}" env BENCH_TOKEN= BENCH_TOKENS="$WORK/tokens.txt" BENCH_TOKEN_STATE="$WORK/caches-state" \
+      BENCH_THREADS=1 wrk -t1 -c128 -d10s --timeout 5s -s "$ROOT/bench/wrk.lua" \
+      "http://127.0.0.1:$cm_main$REQ_PATH" >"$WORK/caches-wrk.out" 2>&1 || true
+    [ "$(cat "$WORK/caches-state")" -ge "$TOKENS" ] 2>/dev/null && break
+  done
+  filled=$(cat "$WORK/caches-state"); [ "$filled" -gt "$TOKENS" ] && filled=$TOKENS
+  calls=$(( $(userinfo_calls) - calls_before ))
+  echo "| RSS with $filled cached verified tokens and $calls userinfo entries (fresh process, userinfo route; idle $(mib "$cache_idle")) | $(mib "$(rss_kb "$PID_tgcaches" VmRSS)") | — |"
 fi
 
 echo

@@ -1,0 +1,269 @@
+//! The access line (SPEC §8), written without going through `tracing`'s generic formatting.
+//!
+//! It is the one log line of every request, so it is formatted here with what it is known to
+//! hold (a few strings, a status, a latency) into a per-thread buffer, in exactly the layout of
+//! the subscriber's text or JSON lines, and handed to the same non-blocking writer. Strings are
+//! escaped as `{:?}` (text) or as JSON strings: a `sub` with a newline cannot forge a log line.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::HeaderValue;
+use http::{Method, StatusCode};
+use tracing_appender::non_blocking::NonBlocking;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The target of the access lines (what `TOKENGATE_LOG` filters on).
+pub const ACCESS_TARGET: &str = "tokengate::access";
+
+/// What the access line needs, filled in as the request walks the phases.
+#[derive(Debug)]
+pub struct AccessLine {
+    pub request_id: HeaderValue,
+    pub method: Method,
+    /// The normalized path, once known.
+    pub path: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    /// `jwt`, `introspection`, `dpop`, or none.
+    pub auth: Option<&'static str>,
+    /// Why the request was rejected (or a note such as `userinfo_unavailable`).
+    pub reason: Option<&'static str>,
+}
+
+impl AccessLine {
+    pub fn new(request_id: HeaderValue, method: Method) -> Self {
+        AccessLine {
+            request_id,
+            method,
+            path: None,
+            route: None,
+            sub: None,
+            client_id: None,
+            auth: None,
+            reason: None,
+        }
+    }
+}
+
+/// Where access lines go when the subscriber writes plain (uncoloured) text or JSON.
+pub(super) struct AccessOut {
+    pub writer: NonBlocking,
+    pub json: bool,
+}
+
+pub(super) static ACCESS_OUT: OnceLock<AccessOut> = OnceLock::new();
+
+/// Logs the access line at info, unless the filter turns `tokengate::access` off.
+pub fn access(line: &AccessLine, status: StatusCode, latency: Duration) {
+    if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let Some(out) = ACCESS_OUT.get() else {
+        // A coloured terminal (or no `init`): the subscriber formats it.
+        let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = line.request_id.to_str().unwrap_or(""),
+            method = line.method.as_str(),
+            path = line.path.as_deref().unwrap_or("-"),
+            route = line.route.as_deref().unwrap_or("-"),
+            status = status.as_u16(),
+            latency_ms,
+            sub = line.sub.as_deref(),
+            client_id = line.client_id.as_deref(),
+            auth = line.auth,
+            reason = line.reason,
+            "request"
+        );
+        return;
+    };
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        format_line(&mut buf, out.json, SystemTime::now(), line, status, latency);
+        // The writer queues the line for the log thread; it cannot fail short of shutdown.
+        let _ = out.writer.make_writer().write_all(&buf);
+    });
+}
+
+/// One access line, newline included, as the text or JSON subscriber would write it.
+fn format_line(
+    buf: &mut Vec<u8>,
+    json: bool,
+    now: SystemTime,
+    line: &AccessLine,
+    status: StatusCode,
+    latency: Duration,
+) {
+    let strings = [
+        ("request_id", Some(line.request_id.to_str().unwrap_or(""))),
+        ("method", Some(line.method.as_str())),
+        ("path", Some(line.path.as_deref().unwrap_or("-"))),
+        ("route", Some(line.route.as_deref().unwrap_or("-"))),
+    ];
+    let optional = [
+        ("sub", line.sub.as_deref()),
+        ("client_id", line.client_id.as_deref()),
+        ("auth", line.auth),
+        ("reason", line.reason),
+    ];
+    // Milliseconds with three decimals, rounded to the microsecond, printed without floats.
+    let micros = latency.as_micros() + u128::from(latency.subsec_nanos() % 1000 >= 500);
+    let latency_ms = format!("{}.{:03}", micros / 1000, micros % 1000);
+    let status = status.as_u16();
+    if json {
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        rfc3339_micros(buf, now);
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+        for (name, value) in strings.iter().chain(&optional) {
+            if let Some(value) = value {
+                let _ = write!(buf, ",\"{name}\":");
+                let _ = serde_json::to_writer(&mut *buf, value);
+            }
+            if *name == "route" {
+                let _ = write!(buf, ",\"status\":{status},\"latency_ms\":{latency_ms}");
+            }
+        }
+        let _ = writeln!(buf, ",\"target\":\"{ACCESS_TARGET}\"}}");
+    } else {
+        rfc3339_micros(buf, now);
+        let _ = write!(buf, "  INFO {ACCESS_TARGET}: request");
+        for (name, value) in strings.iter().chain(&optional) {
+            if let Some(value) = value {
+                let _ = write!(buf, " {name}=");
+                debug_str(buf, value);
+            }
+            if *name == "route" {
+                let _ = write!(buf, " status={status} latency_ms={latency_ms}");
+            }
+        }
+        buf.push(b'\n');
+    }
+}
+
+/// `{:?}` of a string: quoted, and escaped when it holds anything but plain printable ASCII.
+fn debug_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = write!(buf, "{s:?}");
+    }
+}
+
+/// `2026-11-25T16:23:09.279854Z`, the subscriber's timestamp format.
+fn rfc3339_micros(buf: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let _ = write!(
+        buf,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AccessLine {
+        let mut line = AccessLine::new(HeaderValue::from_static("abc-1"), Method::GET);
+        line.path = Some("/orders/7".into());
+        line.route = Some("orders".into());
+        line.sub = Some("alice\n2026-01-01T00:00:00.000000Z  INFO forged".into());
+        line.auth = Some("jwt");
+        line
+    }
+
+    fn at(secs: u64, micros: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, micros * 1000)
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        for (secs, want) in [
+            (0, "1970-01-01T00:00:00.000042Z"),
+            (951_782_400, "2000-02-29T00:00:00.000042Z"),
+            (1_795_623_363, "2026-11-25T16:16:03.000042Z"),
+            (4_107_542_399, "2100-02-28T23:59:59.000042Z"),
+        ] {
+            let mut buf = Vec::new();
+            rfc3339_micros(&mut buf, at(secs, 42));
+            assert_eq!(String::from_utf8(buf).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn text_line_has_every_field_and_escapes_what_could_forge_a_line() {
+        let mut buf = Vec::new();
+        let latency = Duration::from_micros(1_826);
+        format_line(
+            &mut buf,
+            false,
+            at(0, 0),
+            &sample(),
+            StatusCode::OK,
+            latency,
+        );
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            text,
+            "1970-01-01T00:00:00.000000Z  INFO tokengate::access: request request_id=\"abc-1\" \
+             method=\"GET\" path=\"/orders/7\" route=\"orders\" status=200 latency_ms=1.826 \
+             sub=\"alice\\n2026-01-01T00:00:00.000000Z  INFO forged\" auth=\"jwt\"\n"
+        );
+    }
+
+    #[test]
+    fn json_line_has_top_level_fields_and_numbers() {
+        let mut buf = Vec::new();
+        let latency = Duration::from_nanos(2_000_500);
+        format_line(
+            &mut buf,
+            true,
+            at(0, 7),
+            &sample(),
+            StatusCode::FORBIDDEN,
+            latency,
+        );
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000007Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], ACCESS_TARGET);
+        assert_eq!(v["request_id"], "abc-1");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["latency_ms"], 2.001);
+        assert_eq!(v["sub"], "alice\n2026-01-01T00:00:00.000000Z  INFO forged");
+        assert!(v.get("client_id").is_none() && v.get("reason").is_none());
+    }
+}
