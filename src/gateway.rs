@@ -70,6 +70,8 @@ pub struct Gateway {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, built once per connection.
+    pub peer_value: HeaderValue,
     /// The listener's scheme: `http` or `https`.
     pub scheme: &'static str,
     /// Set on HTTP/1 connections: what the framing guard saw in each request head.
@@ -84,6 +86,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, scheme: &'static str, head_flags: Option<Arc<HeadFlags>>) -> Self {
         ConnInfo {
             peer,
+            peer_value: scrub::address_value(peer.ip()),
             scheme,
             head_flags,
             client_cert: None,
@@ -163,17 +166,33 @@ impl Gateway {
         req: Request<Incoming>,
         line: &mut AccessLine,
     ) -> Result<Response<ProxyBody>, Rejection> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         check_framing(&parts, conn, index)?;
         check_head_size(&parts, self.config.server.max_header_bytes)?;
         let host = request_host(&parts)?;
         let path = normalize(&parts, self.config.server.allow_path_parameters)?;
-        line.path = Some(path.match_path.clone());
+        let result = self.run_routed(conn, parts, body, host, &path, line).await;
+        // The line takes the path once nothing else needs it (no copy per request).
+        line.path = Some(path.match_path);
+        result
+    }
+
+    /// The phases after path normalization.
+    async fn run_routed(
+        &self,
+        conn: &ConnInfo,
+        mut parts: Parts,
+        body: Incoming,
+        host: Option<HeaderValue>,
+        path: &NormalizedPath,
+        line: &mut AccessLine,
+    ) -> Result<Response<ProxyBody>, Rejection> {
         // The published keys take precedence over every route and are never authenticated.
         if path.match_path == JWKS_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
             return Ok(self.jwks.response().map(Either::Right));
         }
-        let route = self.match_route(&path, &parts.method, host.as_deref())?;
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let route = self.match_route(path, &parts.method, host_str)?;
         line.route = Some(route.id.clone());
         let principal = authn::authenticate(
             route,
@@ -192,14 +211,14 @@ impl Gateway {
         }
         authorize(route, &principal)?;
         let upgrade = is_upgrade(&parts);
-        let host_header = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok());
         scrub::request_headers(
             &mut parts.headers,
             &self.scrub,
             &scrub::Forwarding {
                 peer: conn.peer.ip(),
+                peer_value: &conn.peer_value,
                 scheme: conn.scheme,
-                host: host.as_deref(),
+                host: host.as_ref(),
                 upgrade,
             },
         );
@@ -208,17 +227,17 @@ impl Gateway {
             .insert(X_REQUEST_ID.clone(), line.request_id.clone());
         if let Principal::Token(verified) = &principal {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &verified.claims);
-            if let Some(assertion) = self.mint(route, verified, &parts.method, &path)? {
+            if let Some(assertion) = self.mint(route, verified, &parts.method, path)? {
                 parts
                     .headers
                     .insert(self.config.identity.header.clone(), assertion);
             }
         }
-        if let (false, Some(h)) = (parts.headers.contains_key(header::HOST), host_header) {
+        if let (false, Some(h)) = (parts.headers.contains_key(header::HOST), host) {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
             parts.headers.insert(header::HOST, h);
         }
-        self.forward(route, parts, body, &path, upgrade).await
+        self.forward(route, parts, body, path, upgrade).await
     }
 
     fn match_route(

@@ -107,10 +107,12 @@ fn canonical(name: &str) -> String {
 /// How the proxy itself saw the request, for `X-Forwarded-*`.
 pub struct Forwarding<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value ([`address_value`]).
+    pub peer_value: &'a HeaderValue,
     /// `http` or `https`: the listener's scheme.
     pub scheme: &'static str,
     /// The request's `Host` (HTTP/1) or `:authority` (HTTP/2).
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
     /// Keep `Upgrade` and `Connection: upgrade` (an authorized WebSocket request).
     pub upgrade: bool,
 }
@@ -143,8 +145,7 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
     }
 
     // X-Forwarded-For: the chain from a trusted proxy plus its address, else just the peer.
-    let peer = HeaderValue::from_str(&view.peer.to_canonical().to_string())
-        .unwrap_or(HeaderValue::from_static("unknown"));
+    let peer = view.peer_value.clone();
     let chain = if trusted {
         joined(headers, &X_FORWARDED_FOR)
             .map(|prior| format!("{prior}, {}", view.peer.to_canonical()))
@@ -162,14 +163,20 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
         );
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        if let Some(host) = view.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
+        if let Some(host) = view.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
     if let Some(upgrade) = upgrade_value {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// An address as `X-Forwarded-For` writes it (IPv4-mapped IPv6 as IPv4).
+pub fn address_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_canonical().to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Scrubs an upstream response's headers in place: its hop-by-hop headers are not ours to pass on
@@ -234,6 +241,8 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     generate_request_id()
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// 32 hex characters: a per-process random prefix and a counter, unique without a syscall per
 /// request (ids need to be unique, not secret).
 fn generate_request_id() -> HeaderValue {
@@ -246,8 +255,17 @@ fn generate_request_id() -> HeaderValue {
         u64::from_le_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let text = format!("{prefix:016x}{n:016x}");
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+    let mut text = [0u8; 32];
+    for (i, byte) in prefix
+        .to_be_bytes()
+        .into_iter()
+        .chain(n.to_be_bytes())
+        .enumerate()
+    {
+        text[2 * i] = HEX[usize::from(byte >> 4)];
+        text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

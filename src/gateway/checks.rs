@@ -2,7 +2,7 @@
 //! hyper's HTTP/1 parser lets through, the exact head-size limit, the one host the client
 //! addressed, the normalized path, and whether it asks for a protocol upgrade.
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Version};
 
@@ -63,8 +63,8 @@ pub(super) fn check_head_size(parts: &Parts, max: usize) -> Result<(), Rejection
 }
 
 /// The host the client addressed: `:authority` for HTTP/2, the single `Host` header for HTTP/1.1
-/// (missing or repeated → 400, RFC 9112 §3.2).
-pub(super) fn request_host(parts: &Parts) -> Result<Option<String>, Rejection> {
+/// (missing or repeated → 400, RFC 9112 §3.2). A `Host` value is shared, not copied.
+pub(super) fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, Rejection> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
@@ -72,12 +72,14 @@ pub(super) fn request_host(parts: &Parts) -> Result<Option<String>, Rejection> {
     }
     if parts.version >= Version::HTTP_2 {
         if let Some(authority) = parts.uri.authority() {
-            return Ok(Some(authority.as_str().to_owned()));
+            return HeaderValue::from_str(authority.as_str())
+                .map(Some)
+                .map_err(|_| Rejection::bad_request("invalid :authority"));
         }
     }
     match first {
         Some(value) => match value.to_str() {
-            Ok(host) if !host.is_empty() => Ok(Some(host.to_owned())),
+            Ok(host) if !host.is_empty() => Ok(Some(value.clone())),
             _ => Err(Rejection::bad_request("invalid Host header")),
         },
         None if parts.version == Version::HTTP_11 => Err(Rejection::bad_request(

@@ -24,11 +24,16 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
+static HOST: HeaderValue = HeaderValue::from_static("api.example.com");
+
 fn view(peer: &str) -> Forwarding<'static> {
+    let peer = peer.parse().unwrap();
     Forwarding {
-        peer: peer.parse().unwrap(),
+        peer,
+        // Leaked: a few bytes per test, for a 'static view.
+        peer_value: Box::leak(Box::new(address_value(peer))),
         scheme: "http",
-        host: Some("api.example.com"),
+        host: Some(&HOST),
         upgrade: false,
     }
 }
