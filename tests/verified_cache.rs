@@ -100,3 +100,34 @@ async fn a_key_rotation_drops_verifications_made_with_the_old_keys() {
     // The old token was cached, but its key is gone: it must be refused now.
     assert_eq!(call(&proxy, "/x", &old).await.status, 401);
 }
+
+/// Past the small tier of parsed claims, a cached token's claims are read back from the payload
+/// JSON it was verified with: policies still see exactly that token's claims.
+#[tokio::test]
+async fn claims_read_back_after_many_other_tokens_are_the_tokens_own() {
+    let (a, b, echo) = (
+        MockIssuer::start().await,
+        MockIssuer::start().await,
+        Echo::start().await,
+    );
+    let proxy = start(&a, &b, &echo).await;
+    let admin = a.token("ES256", json!({"sub": "root", "scope": "admin"}));
+    let reader = a.token("ES256", json!({"sub": "ann", "scope": "read"}));
+    assert_eq!(call(&proxy, "/scoped", &admin).await.status, 200);
+    assert_eq!(call(&proxy, "/scoped", &reader).await.status, 403);
+    // More distinct tokens than the parsed tier holds (512).
+    for i in 0..600 {
+        let other = a.token(
+            "ES256",
+            json!({"sub": format!("user-{i}"), "scope": "read"}),
+        );
+        assert_eq!(call(&proxy, "/x", &other).await.status, 200);
+    }
+    assert_eq!(call(&proxy, "/scoped", &admin).await.status, 200);
+    assert_eq!(call(&proxy, "/scoped", &reader).await.status, 403);
+    assert_eq!(
+        call(&proxy, "/b", &admin).await.status,
+        401,
+        "issuer list still applies"
+    );
+}

@@ -13,8 +13,9 @@
 //! # Memory
 //!
 //! A parsed claims map costs 3-5 KiB for a token with a dozen claims (names, values, hash
-//! buckets, nested objects, each its own allocation), its compact JSON a tenth of that. So an
-//! entry keeps the claims as compact JSON, and a second, small map keeps the *parsed* claims of
+//! buckets, nested objects, each its own allocation), its JSON a tenth of that. So an entry
+//! keeps the claims as the JSON they were parsed from (the token's decoded payload, no copy made
+//! by serializing), and a second, small map keeps the *parsed* claims of
 //! the tokens used most recently ([`PARSED_ENTRIES`], emptied when full): a token in steady use
 //! costs no parsing, and 100 000 entries stay around 60 MiB. The parsed map is only a parse
 //! cache: it is consulted after the entry was found valid, and a token's claims never change.
@@ -40,7 +41,7 @@ pub struct Entry {
     pub claims: Arc<Claims>,
 }
 
-/// What the cache holds for one token: [`Entry`] with the claims as compact JSON.
+/// What the cache holds for one token: [`Entry`] with the claims as JSON.
 #[derive(Debug)]
 struct Stored {
     issuer: usize,
@@ -111,16 +112,14 @@ impl VerifiedCache {
         })
     }
 
-    /// Remembers a verified token. At capacity, expired entries go first; if that frees too
+    /// Remembers a verified token; `claims_json` is the JSON its claims were parsed from (the
+    /// token's decoded payload). At capacity, expired entries go first; if that frees too
     /// little, an arbitrary eighth is dropped (the bound always holds; a miss only costs one
     /// verification).
-    pub fn insert(&self, token: [u8; 32], entry: Entry, now: i64) -> Entry {
+    pub fn insert(&self, token: [u8; 32], entry: Entry, claims_json: Vec<u8>, now: i64) -> Entry {
         if self.capacity == 0 {
             return entry;
         }
-        let Ok(json) = serde_json::to_vec(&*entry.claims) else {
-            return entry;
-        };
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, e| now < e.expires_at);
             let excess = self
@@ -140,7 +139,7 @@ impl VerifiedCache {
             keys: entry.keys,
             exp: entry.exp,
             expires_at: entry.expires_at,
-            claims_json: json.into_boxed_slice(),
+            claims_json: claims_json.into_boxed_slice(),
         };
         self.entries.insert(token, Arc::new(stored));
         self.remember_parsed(token, &entry.claims);
@@ -168,6 +167,12 @@ impl VerifiedCache {
 mod tests {
     use super::*;
 
+    /// Inserts with the claims' JSON, as `verify` does with the token's payload.
+    fn put(cache: &VerifiedCache, token: [u8; 32], e: Entry, now: i64) -> Entry {
+        let json = serde_json::to_vec(&*e.claims).unwrap();
+        cache.insert(token, e, json, now)
+    }
+
     fn entry(issuer: usize, keys: Option<[u8; 32]>, expires_at: i64) -> Entry {
         Entry {
             issuer,
@@ -181,19 +186,19 @@ mod tests {
     #[test]
     fn a_hit_needs_the_same_key_set_and_an_unexpired_token() {
         let cache = VerifiedCache::new(10);
-        cache.insert([1; 32], entry(0, Some([7; 32]), 100), 0);
+        put(&cache, [1; 32], entry(0, Some([7; 32]), 100), 0);
         assert!(cache.get(&[1; 32], 50, |_| Some([7; 32])).is_some());
         // A rotated key set drops the entry.
         assert!(cache.get(&[1; 32], 50, |_| Some([8; 32])).is_none());
         assert!(cache.get(&[1; 32], 50, |_| Some([7; 32])).is_none());
         // Past exp + skew: gone.
-        cache.insert([2; 32], entry(0, Some([7; 32]), 100), 0);
+        put(&cache, [2; 32], entry(0, Some([7; 32]), 100), 0);
         assert!(cache.get(&[2; 32], 100, |_| Some([7; 32])).is_none());
         // An issuer whose keys are gone entirely: gone.
-        cache.insert([3; 32], entry(0, Some([7; 32]), 100), 0);
+        put(&cache, [3; 32], entry(0, Some([7; 32]), 100), 0);
         assert!(cache.get(&[3; 32], 1, |_| None).is_none());
         // Another token never hits.
-        cache.insert([4; 32], entry(0, Some([7; 32]), 100), 0);
+        put(&cache, [4; 32], entry(0, Some([7; 32]), 100), 0);
         assert!(cache.get(&[5; 32], 1, |_| Some([7; 32])).is_none());
     }
 
@@ -203,7 +208,7 @@ mod tests {
         for i in 0..10_000u32 {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_le_bytes());
-            cache.insert(key, entry(0, None, 1_000), 0);
+            put(&cache, key, entry(0, None, 1_000), 0);
             assert!(cache.len() <= 64);
         }
     }
@@ -212,10 +217,10 @@ mod tests {
     fn expired_entries_are_evicted_first() {
         let cache = VerifiedCache::new(4);
         for i in 0..3u8 {
-            cache.insert([i; 32], entry(0, None, 10), 0);
+            put(&cache, [i; 32], entry(0, None, 10), 0);
         }
-        cache.insert([9; 32], entry(0, None, 1_000), 0);
-        cache.insert([10; 32], entry(0, None, 1_000), 20);
+        put(&cache, [9; 32], entry(0, None, 1_000), 0);
+        put(&cache, [10; 32], entry(0, None, 1_000), 20);
         assert!(cache.get(&[9; 32], 20, |_| None).is_some());
         assert!(cache.get(&[10; 32], 20, |_| None).is_some());
     }
@@ -235,7 +240,7 @@ mod tests {
         for i in 0..total {
             let mut e = entry(0, None, 1_000);
             e.claims = Arc::new(claims(i));
-            cache.insert(hash(i), e, 0);
+            put(&cache, hash(i), e, 0);
         }
         // Most of them are no longer in the parsed map: they are read back from JSON.
         assert!(cache.parsed.len() <= PARSED_ENTRIES);

@@ -162,9 +162,10 @@ pub async fn authenticate(
     let fingerprint = |index: usize| issuers.get(index)?.keys().map(|k| k.fingerprint());
     let entry = match issuers.verified.get(&hash, now, fingerprint) {
         Some(hit) => hit,
-        None => issuers
-            .verified
-            .insert(hash, verify(token, config, issuers, now).await?, now),
+        None => {
+            let (entry, claims_json) = verify(token, config, issuers, now).await?;
+            issuers.verified.insert(hash, entry, claims_json, now)
+        }
     };
     // Per route and per connection, on every request, cached or not.
     allowed_on(route, entry.issuer)?;
@@ -185,12 +186,13 @@ async fn verify(
     config: &Config,
     issuers: &Issuers,
     now: i64,
-) -> Result<Entry, Rejection> {
+) -> Result<(Entry, Vec<u8>), Rejection> {
     let parsed = jwt::parse(token).map_err(reject)?;
     let index = select_issuer(config, parsed.unverified_issuer())?;
     let state = issuers.get(index).ok_or_else(|| reject(JwtError::NoKeys))?;
     let mut keys = state.keys();
-    let claims = match jwt::verify(&parsed, keys.as_deref(), state.issuer(), now) {
+    let profile = jwt::Profile::AccessToken;
+    match jwt::check(&parsed, keys.as_deref(), state.issuer(), now, profile) {
         Err(JwtError::UnknownKid) => {
             // A rotation the periodic refresh has not seen yet; at most one fetch per
             // jwks_min_refresh, and never a wait on someone else's refresh.
@@ -198,30 +200,32 @@ async fn verify(
                 .refresh_for_unknown_kid()
                 .await
                 .ok_or_else(|| reject(JwtError::UnknownKid))?;
-            let claims = jwt::verify(&parsed, Some(&fresh), state.issuer(), unix_now());
+            let checked = jwt::check(&parsed, Some(&fresh), state.issuer(), unix_now(), profile);
             keys = Some(fresh);
-            claims.map_err(reject)?
+            checked.map_err(reject)?;
         }
         other => other.map_err(reject)?,
+    }
+    // An HMAC-verified token depends on the configured secret only, not on the key set.
+    let keys = match parsed.alg().is_hmac() {
+        true => None,
+        false => keys.map(|k| k.fingerprint()),
     };
-    // `verify` refuses a token without a numeric `exp`, so this always finds one.
+    let (claims, claims_json) = parsed.into_claims();
+    // `check` refuses a token without a numeric `exp`, so this always finds one.
     let exp = date_claim(&claims, "exp", Round::Down)
         .ok()
         .flatten()
         .unwrap_or(now);
     let skew = i64::try_from(state.issuer().clock_skew.as_secs()).unwrap_or(i64::MAX);
-    Ok(Entry {
+    let entry = Entry {
         issuer: index,
-        // An HMAC-verified token depends on the configured secret only, not on the key set.
-        keys: if parsed.alg().is_hmac() {
-            None
-        } else {
-            keys.map(|k| k.fingerprint())
-        },
+        keys,
         exp,
         expires_at: exp.saturating_add(skew),
         claims: Arc::new(claims),
-    })
+    };
+    Ok((entry, claims_json))
 }
 
 /// The token's `iss` picks the issuer (exact match). Signature and every other claim are checked

@@ -37,6 +37,8 @@ use crate::token::keys::KeySet;
 pub struct Parsed<'t> {
     header: Map<String, Value>,
     claims: Claims,
+    /// The payload as decoded from base64url: the JSON `claims` was parsed from.
+    payload_json: Vec<u8>,
     /// `BASE64URL(header) '.' BASE64URL(payload)`, exactly as received.
     signing_input: &'t str,
     signature: Vec<u8>,
@@ -86,6 +88,12 @@ impl Parsed<'_> {
     /// The decoded signature.
     pub fn signature(&self) -> &[u8] {
         &self.signature
+    }
+
+    /// The claims and the payload JSON they were parsed from (after [`check`], verified ones),
+    /// without copying either.
+    pub fn into_claims(self) -> (Claims, Vec<u8>) {
+        (self.claims, self.payload_json)
     }
 }
 
@@ -192,8 +200,8 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err(JwtError::Malformed("empty part"));
     }
-    let header = decode_object(h, "header")?;
-    let claims = decode_object(p, "payload")?;
+    let (header, _) = decode_object(h, "header")?;
+    let (claims, payload_json) = decode_object(p, "payload")?;
     let signature = URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| JwtError::Malformed("signature is not base64url without padding"))?;
@@ -212,6 +220,7 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     Ok(Parsed {
         header,
         claims,
+        payload_json,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature,
         alg,
@@ -219,7 +228,11 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     })
 }
 
-fn decode_object(part: &str, which: &'static str) -> Result<Map<String, Value>, JwtError> {
+/// The decoded JSON object and the bytes it was parsed from.
+fn decode_object(
+    part: &str,
+    which: &'static str,
+) -> Result<(Map<String, Value>, Vec<u8>), JwtError> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| {
         JwtError::Malformed(match which {
             "header" => "header is not base64url without padding",
@@ -227,7 +240,7 @@ fn decode_object(part: &str, which: &'static str) -> Result<Map<String, Value>, 
         })
     })?;
     serde_json::from_slice::<StrictObject>(&bytes)
-        .map(|o| o.0)
+        .map(|o| (o.0, bytes))
         .map_err(|_| {
             JwtError::Malformed(match which {
                 "header" => "header is not a JSON object with unique member names",
@@ -298,10 +311,22 @@ pub fn verify_with(
     now_unix: i64,
     profile: Profile,
 ) -> Result<Claims, JwtError> {
+    check(parsed, keys, issuer, now_unix, profile)?;
+    Ok(parsed.claims.clone())
+}
+
+/// Every rule of [`verify_with`], without copying the claims out: on success take them with
+/// [`Parsed::into_claims`].
+pub fn check(
+    parsed: &Parsed<'_>,
+    keys: Option<&KeySet>,
+    issuer: &Issuer,
+    now_unix: i64,
+    profile: Profile,
+) -> Result<(), JwtError> {
     check_header(parsed, issuer, profile)?;
     check_signature(parsed, keys, issuer)?;
-    check_claims(&parsed.claims, issuer, now_unix, profile)?;
-    Ok(parsed.claims.clone())
+    check_claims(&parsed.claims, issuer, now_unix, profile)
 }
 
 fn check_header(parsed: &Parsed<'_>, issuer: &Issuer, profile: Profile) -> Result<(), JwtError> {
