@@ -114,9 +114,7 @@ fn format_line(
         ("auth", line.auth),
         ("reason", line.reason),
     ];
-    // Milliseconds with three decimals, rounded to the microsecond, printed without floats.
-    let micros = latency.as_micros() + u128::from(latency.subsec_nanos() % 1000 >= 500);
-    let latency_ms = format!("{}.{:03}", micros / 1000, micros % 1000);
+    let latency_ms = Millis(latency);
     let status = status.as_u16();
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
@@ -145,6 +143,17 @@ fn format_line(
             }
         }
         buf.push(b'\n');
+    }
+}
+
+/// Milliseconds with three decimals, rounded to the microsecond, printed without floats or an
+/// intermediate string.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros() + u128::from(self.0.subsec_nanos() % 1000 >= 500);
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
     }
 }
 
