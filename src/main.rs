@@ -125,6 +125,8 @@ fn check(path: &Path) -> ExitCode {
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(telemetry::flush_on_park)
+        .on_thread_stop(telemetry::flush_on_stop)
         .build()
     {
         Ok(rt) => Some(rt),

@@ -81,16 +81,67 @@ pub fn access(line: &AccessLine, status: StatusCode, latency: Duration) {
         );
         return;
     };
-    thread_local! {
-        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-    }
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.clear();
-        format_line(&mut buf, out.json, SystemTime::now(), line, status, latency);
-        // The writer queues the line for the log thread; it cannot fail short of shutdown.
-        let _ = out.writer.make_writer().write_all(&buf);
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        format_line(
+            &mut batch.buf,
+            out.json,
+            SystemTime::now(),
+            line,
+            status,
+            latency,
+        );
+        if !batch.worker || batch.buf.len() >= FLUSH_BYTES {
+            flush(&mut batch.buf, out);
+        }
     });
+}
+
+/// A batch is handed to the log thread at this size even if its worker never parks.
+const FLUSH_BYTES: usize = 16 * 1024;
+
+/// Access lines of one thread not yet handed to the log thread.
+struct Batch {
+    buf: Vec<u8>,
+    /// Set once the thread parked as a runtime worker: it will park again, so lines can wait
+    /// for that. Other threads (tests' runtimes, blocking threads) hand each line over at once.
+    worker: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { buf: Vec::new(), worker: false })
+    };
+}
+
+/// Runtime hook, called when a worker thread is about to park (it has nothing left to run):
+/// the lines of the requests it just served go to the log thread in one message and one
+/// `write`, instead of a channel send and a wake-up per request.
+pub fn flush_on_park() {
+    let _ = BATCH.try_with(|batch| {
+        let mut batch = batch.borrow_mut();
+        batch.worker = true;
+        if let (false, Some(out)) = (batch.buf.is_empty(), ACCESS_OUT.get()) {
+            flush(&mut batch.buf, out);
+        }
+    });
+}
+
+/// Runtime hook for a stopping worker thread: nothing it logged is lost.
+pub fn flush_on_stop() {
+    let _ = BATCH.try_with(|batch| {
+        let mut batch = batch.borrow_mut();
+        batch.worker = false;
+        if let (false, Some(out)) = (batch.buf.is_empty(), ACCESS_OUT.get()) {
+            flush(&mut batch.buf, out);
+        }
+    });
+}
+
+fn flush(buf: &mut Vec<u8>, out: &AccessOut) {
+    // The writer queues the batch for the log thread; it cannot fail short of shutdown.
+    let _ = out.writer.make_writer().write_all(buf);
+    buf.clear();
 }
 
 /// One access line, newline included, as the text or JSON subscriber would write it.
