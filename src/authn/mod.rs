@@ -3,6 +3,7 @@
 //! from `token::jwks`; this file only decides which issuer applies and maps every failure to the
 //! `Rejection` a client sees.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -157,7 +158,7 @@ pub async fn authenticate(
     if token.len() > config.server.max_token_bytes {
         return Err(invalid("malformed", "token exceeds max_token_bytes".into()));
     }
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let hash = token_sha256(token.as_bytes());
     let now = unix_now();
     let fingerprint = |index: usize| issuers.get(index)?.keys().map(|k| k.fingerprint());
     let entry = match issuers.verified.get(&hash, now, fingerprint) {
@@ -178,6 +179,29 @@ pub async fn authenticate(
         auth: "jwt",
         userinfo_answer: 0,
     }))
+}
+
+/// SHA-256 of a token, remembered for the last token this thread hashed: a client that reuses
+/// its token (the common sidecar case) costs a comparison instead of a hash (0.6 µs for 1 KiB).
+/// A pure function of the bytes, so it cannot answer for any other token.
+fn token_sha256(token: &[u8]) -> [u8; 32] {
+    thread_local! {
+        static LAST: RefCell<Option<(Vec<u8>, [u8; 32])>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((bytes, hash)) = last.as_ref() {
+            if bytes.as_slice() == token {
+                return *hash;
+            }
+        }
+        let hash: [u8; 32] = Sha256::digest(token).into();
+        let (bytes, stored) = last.get_or_insert_with(|| (Vec::new(), [0; 32]));
+        bytes.clear();
+        bytes.extend_from_slice(token);
+        *stored = hash;
+        hash
+    })
 }
 
 /// The full SPEC §4.4 verification of one token, whatever route it is for.
@@ -309,5 +333,21 @@ fn invalid(reason: &'static str, description: std::borrow::Cow<'static, str>) ->
     Rejection::InvalidToken {
         reason,
         description,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::token_sha256;
+
+    #[test]
+    fn remembered_token_hash_is_always_the_hash_of_the_bytes_given() {
+        let tokens: [&[u8]; 6] = [b"aaa", b"aaa", b"aab", b"aa", b"aaa", b"aaaa"];
+        for token in tokens {
+            let expected: [u8; 32] = Sha256::digest(token).into();
+            assert_eq!(token_sha256(token), expected);
+        }
     }
 }

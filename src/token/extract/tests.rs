@@ -105,3 +105,43 @@ fn descriptions_do_not_echo_the_header() {
         assert_eq!(e.to_string(), e.description());
     }
 }
+
+#[test]
+fn token_characters_are_exactly_rfc6750_b64token() {
+    for b in 0..=255u8 {
+        let spec = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+        assert_eq!(super::is_token_char(b), spec, "byte {b:#04x}");
+        // Also at every position of a long token, so the chunked path sees it.
+        for at in [0, 31, 32, 33, 700, 1023] {
+            let mut token = vec![b'a'; 1024];
+            token[at] = b;
+            let padded = b == b'=' && at == 1023;
+            assert_eq!(
+                super::is_b64token(&token),
+                spec || padded,
+                "byte {b:#04x} at {at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn padding_only_at_the_end_and_never_alone() {
+    for (token, ok) in [
+        (&b"abc"[..], true),
+        (b"abc=", true),
+        (b"abc===", true),
+        (b"=", false),
+        (b"===", false),
+        (b"ab=c", false),
+        (b"=abc", false),
+        (b"", false),
+    ] {
+        assert_eq!(
+            super::is_b64token(token),
+            ok,
+            "{:?}",
+            String::from_utf8_lossy(token)
+        );
+    }
+}
