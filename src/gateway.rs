@@ -159,6 +159,8 @@ impl Gateway {
         response
     }
 
+    /// The phases, in order. One async function with synchronous phases: each nested async
+    /// layer would add its own copy of the request to a future that is moved on every request.
     async fn run(
         &self,
         conn: &ConnInfo,
@@ -166,33 +168,24 @@ impl Gateway {
         req: Request<Incoming>,
         line: &mut AccessLine,
     ) -> Result<Response<ProxyBody>, Rejection> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         check_framing(&parts, conn, index)?;
         check_head_size(&parts, self.config.server.max_header_bytes)?;
         let host = request_host(&parts)?;
-        let path = normalize(&parts, self.config.server.allow_path_parameters)?;
-        let result = self.run_routed(conn, parts, body, host, &path, line).await;
-        // The line takes the path once nothing else needs it (no copy per request).
-        line.path = Some(path.match_path);
-        result
-    }
-
-    /// The phases after path normalization.
-    async fn run_routed(
-        &self,
-        conn: &ConnInfo,
-        mut parts: Parts,
-        body: Incoming,
-        host: Option<HeaderValue>,
-        path: &NormalizedPath,
-        line: &mut AccessLine,
-    ) -> Result<Response<ProxyBody>, Rejection> {
+        let NormalizedPath {
+            match_path,
+            forward_path,
+        } = normalize(&parts, self.config.server.allow_path_parameters)?;
         // The published keys take precedence over every route and are never authenticated.
-        if path.match_path == JWKS_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
-            return Ok(self.jwks.response().map(Either::Right));
-        }
+        let jwks = match_path == JWKS_PATH && matches!(parts.method, Method::GET | Method::HEAD);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let route = self.match_route(path, &parts.method, host_str)?;
+        let route = (!jwks).then(|| self.match_route(&match_path, &parts.method, host_str));
+        // The line takes the path once matching is done (no copy per request).
+        line.path = Some(match_path);
+        let Some(route) = route else {
+            return Ok(self.jwks.response().map(Either::Right));
+        };
+        let route = route?;
         line.route = Some(route.id.clone());
         let principal = authn::authenticate(
             route,
@@ -202,7 +195,13 @@ impl Gateway {
             &self.issuers,
         )
         .await?;
-        let principal = self.enrich(route, principal, &parts, line).await?;
+        let principal = match principal {
+            // Boxed: only userinfo routes await it, the others should not carry its size.
+            Principal::Token(verified) if route.userinfo => {
+                Box::pin(self.enrich(route, verified, &parts, line)).await?
+            }
+            other => other,
+        };
         if let Principal::Token(verified) = &principal {
             // Before the policy runs, so a 403 is logged with who was refused.
             line.auth = Some(verified.auth);
@@ -225,9 +224,9 @@ impl Gateway {
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), line.request_id.clone());
-        if let Principal::Token(verified) = &principal {
+        if let Principal::Token(verified) = principal {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &verified.claims);
-            if let Some(assertion) = self.mint(route, verified, &parts.method, path)? {
+            if let Some(assertion) = self.mint(route, &verified, &parts.method, &forward_path)? {
                 parts
                     .headers
                     .insert(self.config.identity.header.clone(), assertion);
@@ -237,16 +236,26 @@ impl Gateway {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
             parts.headers.insert(header::HOST, h);
         }
-        self.forward(route, parts, body, path, upgrade).await
+        let (req, client_upgrade) =
+            self.upstream_request(route, parts, body, &forward_path, upgrade)?;
+        let mut response = self.upstream.send(req).await?;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match client_upgrade {
+            Some(on_upgrade) if switching => forward::splice_upgrade(on_upgrade, &mut response),
+            _ if switching => return Err(Rejection::BadGateway),
+            _ => {}
+        }
+        scrub::response_headers(response.headers_mut(), switching);
+        Ok(response.map(Either::Left))
     }
 
     fn match_route(
         &self,
-        path: &NormalizedPath,
+        path: &str,
         method: &Method,
         host: Option<&str>,
     ) -> Result<&Route, Rejection> {
-        route::find(&self.config.routes, &path.match_path, method, host).ok_or(Rejection::NoRoute)
+        route::find(&self.config.routes, path, method, host).ok_or(Rejection::NoRoute)
     }
 
     /// Identity phase (SPEC §5): the signed assertion for a verified caller.
@@ -255,7 +264,7 @@ impl Gateway {
         route: &Route,
         verified: &Verified,
         method: &Method,
-        path: &NormalizedPath,
+        forward_path: &str,
     ) -> Result<Option<HeaderValue>, Rejection> {
         let Some(minter) = &self.minter else {
             return Ok(None);
@@ -278,7 +287,7 @@ impl Gateway {
             route_id: &route.id,
             audience,
             method: method.as_str(),
-            path: &path.forward_path,
+            path: forward_path,
             cache_key: Some(verified.token_sha256),
             claims_source: verified.userinfo_answer,
         };
@@ -296,21 +305,15 @@ impl Gateway {
         &self.jwks
     }
 
-    /// Enrichment phase (SPEC §4.5): on `userinfo = true` routes, the userinfo answer merged
+    /// Enrichment phase (SPEC §4.5), for `userinfo = true` routes: the userinfo answer merged
     /// over the token's claims (through the cache).
     async fn enrich(
         &self,
         route: &Route,
-        principal: Principal,
+        mut verified: Verified,
         parts: &Parts,
         line: &mut AccessLine,
     ) -> Result<Principal, Rejection> {
-        let Principal::Token(mut verified) = principal else {
-            return Ok(principal);
-        };
-        if !route.userinfo {
-            return Ok(Principal::Token(verified));
-        }
         let (Ok(Credential::Bearer(token)), Some(issuer)) = (
             extract::extract(&parts.headers),
             self.issuers.get(verified.issuer),
@@ -344,19 +347,20 @@ impl Gateway {
         Ok(Principal::Token(verified))
     }
 
-    async fn forward(
+    /// The upstream request: target URI, HTTP/1.1, and the client's upgrade handle (WebSocket).
+    fn upstream_request(
         &self,
         route: &Route,
         mut parts: Parts,
         body: Incoming,
-        path: &NormalizedPath,
+        forward_path: &str,
         upgrade: bool,
-    ) -> Result<Response<ProxyBody>, Rejection> {
+    ) -> Result<(Request<Incoming>, Option<hyper::upgrade::OnUpgrade>), Rejection> {
         let target = route
             .upstream
             .as_deref()
             .unwrap_or(&self.config.upstream.target);
-        let uri = forward::upstream_uri(target, &path.forward_path, parts.uri.query())?;
+        let uri = forward::upstream_uri(target, forward_path, parts.uri.query())?;
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
@@ -364,15 +368,7 @@ impl Gateway {
         };
         let mut req = Request::from_parts(parts, body);
         forward::as_upstream_request(&mut req, uri);
-        let mut response = self.upstream.send(req).await?;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match client_upgrade {
-            Some(on_upgrade) if switching => forward::splice_upgrade(on_upgrade, &mut response),
-            _ if switching => return Err(Rejection::BadGateway),
-            _ => {}
-        }
-        scrub::response_headers(response.headers_mut(), switching);
-        Ok(response.map(Either::Left))
+        Ok((req, client_upgrade))
     }
 }
 

@@ -164,7 +164,8 @@ pub async fn authenticate(
     let entry = match issuers.verified.get(&hash, now, fingerprint) {
         Some(hit) => hit,
         None => {
-            let (entry, claims_json) = verify(token, config, issuers, now).await?;
+            // Boxed: a cache hit, the common case, should not carry this future's size.
+            let (entry, claims_json) = Box::pin(verify(token, config, issuers, now)).await?;
             issuers.verified.insert(hash, entry, claims_json, now)
         }
     };

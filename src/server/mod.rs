@@ -13,6 +13,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,26 +212,10 @@ async fn serve_tcp(
         let _ = stop.wait_for(|s| *s).await;
     };
     tokio::pin!(stopping);
-    if let Some(acceptor) = &settings.tls {
-        // The handshake gets the same deadline as a request head.
-        let handshake = tokio::time::timeout(deadline, acceptor.accept(tcp));
-        let tls = tokio::select! {
-            _ = &mut stopping => return,
-            result = handshake => match result {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            },
-        };
-        let conn =
-            ConnInfo::new(peer, "https", None).with_client_cert(tls::client_cert_thumbprint(&tls));
-        serve_io(tls, conn, &settings, graceful, gateway).await;
+    if let Some(acceptor) = settings.tls.clone() {
+        // Boxed: a TLS stream is large, and plain connections should not carry its size.
+        let tls = serve_tls(acceptor, tcp, peer, stopping, &settings, graceful, gateway);
+        Box::pin(tls).await;
         return;
     }
     // hyper-util's auto builder sniffs the protocol without a deadline, so a client that sends
@@ -255,6 +240,36 @@ async fn serve_tcp(
         gateway,
     )
     .await;
+}
+
+/// The TLS handshake (with the same deadline as a request head), then HTTP over it.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stopping: Pin<&mut impl Future<Output = ()>>,
+    settings: &ConnSettings,
+    graceful: hyper_util::server::graceful::Watcher,
+    gateway: SharedGateway,
+) {
+    let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        _ = stopping => return,
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let conn =
+        ConnInfo::new(peer, "https", None).with_client_cert(tls::client_cert_thumbprint(&tls));
+    serve_io(tls, conn, settings, graceful, gateway).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established stream, behind the framing guard.
