@@ -165,7 +165,6 @@ fn format_line(
         ("auth", line.auth),
         ("reason", line.reason),
     ];
-    let latency_ms = Millis(latency);
     let status = status.as_u16();
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
@@ -173,52 +172,80 @@ fn format_line(
         buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
         for (name, value) in strings.iter().chain(&optional) {
             if let Some(value) = value {
-                let _ = write!(buf, ",\"{name}\":");
-                let _ = serde_json::to_writer(&mut *buf, value);
+                push_all(buf, &[b",\"", name.as_bytes(), b"\":"]);
+                if is_plain(value) {
+                    push_all(buf, &[b"\"", value.as_bytes(), b"\""]);
+                } else {
+                    let _ = serde_json::to_writer(&mut *buf, value);
+                }
             }
             if *name == "route" {
-                let _ = write!(buf, ",\"status\":{status},\"latency_ms\":{latency_ms}");
+                buf.extend_from_slice(b",\"status\":");
+                push_digits(buf, u64::from(status), 1);
+                buf.extend_from_slice(b",\"latency_ms\":");
+                push_millis(buf, latency);
             }
         }
-        let _ = writeln!(buf, ",\"target\":\"{ACCESS_TARGET}\"}}");
+        push_all(
+            buf,
+            &[b",\"target\":\"", ACCESS_TARGET.as_bytes(), b"\"}\n"],
+        );
     } else {
         rfc3339_micros(buf, now);
-        let _ = write!(buf, "  INFO {ACCESS_TARGET}: request");
+        push_all(buf, &[b"  INFO ", ACCESS_TARGET.as_bytes(), b": request"]);
         for (name, value) in strings.iter().chain(&optional) {
             if let Some(value) = value {
-                let _ = write!(buf, " {name}=");
-                debug_str(buf, value);
+                push_all(buf, &[b" ", name.as_bytes(), b"="]);
+                if is_plain(value) {
+                    push_all(buf, &[b"\"", value.as_bytes(), b"\""]);
+                } else {
+                    // `{:?}`, as the subscriber writes a string field.
+                    let _ = write!(buf, "{value:?}");
+                }
             }
             if *name == "route" {
-                let _ = write!(buf, " status={status} latency_ms={latency_ms}");
+                buf.extend_from_slice(b" status=");
+                push_digits(buf, u64::from(status), 1);
+                buf.extend_from_slice(b" latency_ms=");
+                push_millis(buf, latency);
             }
         }
         buf.push(b'\n');
     }
 }
 
-/// Milliseconds with three decimals, rounded to the microsecond, printed without floats or an
-/// intermediate string.
-struct Millis(Duration);
+/// Printable ASCII without `"` or `\\`: quoted as is in both layouts, no escaping needed.
+fn is_plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
 
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let micros = self.0.as_micros() + u128::from(self.0.subsec_nanos() % 1000 >= 500);
-        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+fn push_all(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        buf.extend_from_slice(part);
     }
 }
 
-/// `{:?}` of a string: quoted, and escaped when it holds anything but plain printable ASCII.
-fn debug_str(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        let _ = write!(buf, "{s:?}");
+/// `n` in decimal, zero-padded to at least `width` digits (the line is written on every
+/// request, so without `fmt`'s machinery).
+fn push_digits(buf: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while n > 0 || digits.len() - i < width.max(1) {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
     }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Milliseconds with three decimals, rounded to the microsecond: `1.826`.
+fn push_millis(buf: &mut Vec<u8>, latency: Duration) {
+    let micros = latency.as_micros() + u128::from(latency.subsec_nanos() % 1000 >= 500);
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    push_digits(buf, micros / 1000, 1);
+    buf.push(b'.');
+    push_digits(buf, micros % 1000, 3);
 }
 
 /// `2026-11-25T16:23:09.279854Z`, the subscriber's timestamp format.
@@ -227,14 +254,20 @@ fn rfc3339_micros(buf: &mut Vec<u8>, now: SystemTime) {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        buf,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    push_digits(buf, year, 4);
+    for (sep, value) in [
+        (b'-', month),
+        (b'-', day),
+        (b'T', rem / 3600),
+        (b':', rem / 60 % 60),
+        (b':', rem % 60),
+    ] {
+        buf.push(sep);
+        push_digits(buf, value, 2);
+    }
+    buf.push(b'.');
+    push_digits(buf, u64::from(since.subsec_micros()), 6);
+    buf.push(b'Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -325,5 +358,25 @@ mod tests {
         assert_eq!(v["latency_ms"], 2.001);
         assert_eq!(v["sub"], "alice\n2026-01-01T00:00:00.000000Z  INFO forged");
         assert!(v.get("client_id").is_none() && v.get("reason").is_none());
+    }
+
+    #[test]
+    fn numbers_are_written_like_display() {
+        for n in [0u64, 7, 10, 99, 200, 503, 12_345, u64::MAX] {
+            let mut buf = Vec::new();
+            push_digits(&mut buf, n, 1);
+            assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
+        for (latency, want) in [
+            (Duration::ZERO, "0.000"),
+            (Duration::from_nanos(499), "0.000"),
+            (Duration::from_nanos(500), "0.001"),
+            (Duration::from_micros(1_826), "1.826"),
+            (Duration::from_secs(61), "61000.000"),
+        ] {
+            let mut buf = Vec::new();
+            push_millis(&mut buf, latency);
+            assert_eq!(String::from_utf8(buf).unwrap(), want);
+        }
     }
 }
