@@ -97,17 +97,19 @@ impl UpstreamClient {
     }
 }
 
-/// The upstream URI for a normalized path and the client's query (forwarded unchanged).
+/// The upstream URI for a normalized path and the client's query (forwarded unchanged). The
+/// path's buffer becomes the URI's (no copy).
 pub fn upstream_uri(
     target: &UpstreamTarget,
-    path: &str,
+    mut path: String,
     query: Option<&str>,
 ) -> Result<Uri, Rejection> {
-    let path_and_query = match query {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-        None => PathAndQuery::try_from(path),
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
     }
-    .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))?;
+    let path_and_query = PathAndQuery::try_from(path)
+        .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))?;
     Uri::builder()
         .scheme(target.scheme.clone())
         .authority(target.authority.clone())

@@ -237,7 +237,7 @@ impl Gateway {
             parts.headers.insert(header::HOST, h);
         }
         let (req, client_upgrade) =
-            self.upstream_request(route, parts, body, &forward_path, upgrade)?;
+            self.upstream_request(route, parts, body, forward_path, upgrade)?;
         let mut response = self.upstream.send(req).await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
@@ -353,7 +353,7 @@ impl Gateway {
         route: &Route,
         mut parts: Parts,
         body: Incoming,
-        forward_path: &str,
+        forward_path: String,
         upgrade: bool,
     ) -> Result<(Request<Incoming>, Option<hyper::upgrade::OnUpgrade>), Rejection> {
         let target = route

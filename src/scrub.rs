@@ -265,7 +265,10 @@ fn generate_request_id() -> HeaderValue {
         text[2 * i] = HEX[usize::from(byte >> 4)];
         text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+    // Owned by the `Bytes` itself: one allocation, and the copies for the upstream request
+    // and the response are reference counts (a copied slice would allocate again when shared).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
