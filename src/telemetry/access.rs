@@ -118,20 +118,19 @@ thread_local! {
 /// the lines of the requests it just served go to the log thread in one message and one
 /// `write`, instead of a channel send and a wake-up per request.
 pub fn flush_on_park() {
-    let _ = BATCH.try_with(|batch| {
-        let mut batch = batch.borrow_mut();
-        batch.worker = true;
-        if let (false, Some(out)) = (batch.buf.is_empty(), ACCESS_OUT.get()) {
-            flush(&mut batch.buf, out);
-        }
-    });
+    hand_over(true);
 }
 
 /// Runtime hook for a stopping worker thread: nothing it logged is lost.
 pub fn flush_on_stop() {
+    hand_over(false);
+}
+
+/// Hands this thread's pending lines to the log thread; `worker` says whether it will park again.
+fn hand_over(worker: bool) {
     let _ = BATCH.try_with(|batch| {
         let mut batch = batch.borrow_mut();
-        batch.worker = false;
+        batch.worker = worker;
         if let (false, Some(out)) = (batch.buf.is_empty(), ACCESS_OUT.get()) {
             flush(&mut batch.buf, out);
         }
