@@ -47,6 +47,7 @@
 //! cleared. Either way every insert stays amortized O(1) and memory stays bounded. Entries hold
 //! only the assertion (which goes upstream anyway), never the access token.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -185,7 +186,7 @@ impl Minter {
         let mut body = None;
         let cache_key = match input.cache_key.filter(|_| self.capacity > 0) {
             None => None,
-            Some(token) if !self.bind_request => Some(source_key(&token, input)),
+            Some(token) if !self.bind_request => Some(remembered_source_key(&token, input)),
             Some(token) => {
                 let stable = self.stable_claims(input)?;
                 let key = payload_key(&token, input.token_exp, &stable);
@@ -297,6 +298,52 @@ fn source_key(token: &[u8; 32], input: &AssertionInput<'_>) -> [u8; 32] {
         h.update(text);
     }
     h.finalize().into()
+}
+
+/// [`source_key`], remembered per thread for the last inputs it was computed from: a client that
+/// reuses its token on one route costs a comparison instead of a hash. A pure function of the
+/// inputs, compared in full, so it cannot answer for other inputs.
+fn remembered_source_key(token: &[u8; 32], input: &AssertionInput<'_>) -> [u8; 32] {
+    struct Last {
+        token: [u8; 32],
+        exp: i64,
+        source: u64,
+        texts: [String; 4],
+        key: [u8; 32],
+    }
+    thread_local! {
+        static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+    }
+    let texts = [input.route_id, input.audience, input.token_iss, input.auth];
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(l) = last.as_ref() {
+            if l.token == *token
+                && l.exp == input.token_exp
+                && l.source == input.claims_source
+                && l.texts.iter().zip(texts).all(|(a, b)| a == b)
+            {
+                return l.key;
+            }
+        }
+        let key = source_key(token, input);
+        let l = last.get_or_insert_with(|| Last {
+            token: [0; 32],
+            exp: 0,
+            source: 0,
+            texts: Default::default(),
+            key: [0; 32],
+        });
+        l.token = *token;
+        l.exp = input.token_exp;
+        l.source = input.claims_source;
+        for (slot, text) in l.texts.iter_mut().zip(texts) {
+            slot.clear();
+            slot.push_str(text);
+        }
+        l.key = key;
+        key
+    })
 }
 
 /// The key by serialized payload (with `bind_request`, whose method and path it holds).

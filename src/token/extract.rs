@@ -103,9 +103,9 @@ fn is_b64token(token: &[u8]) -> bool {
 }
 
 /// Whether every byte is a token character. Every byte of every token (about 1 KiB) goes
-/// through here, so it is written to vectorize: fixed-size chunks folded without a branch.
+/// through here, so it is written to vectorize: 64-byte chunks folded without a branch.
 fn all_token_chars(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(32);
+    let mut chunks = bytes.chunks_exact(64);
     for chunk in &mut chunks {
         if chunk.iter().fold(true, |ok, &b| ok & is_token_char(b)) {
             continue;
@@ -115,19 +115,13 @@ fn all_token_chars(bytes: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| is_token_char(b))
 }
 
-/// `ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"`, in comparisons a vector unit can do.
+/// `ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"`, in few comparisons a vector unit can
+/// do: `-`, `.`, `/` and the digits are the one range 0x2D-0x39.
 #[inline(always)]
 fn is_token_char(b: u8) -> bool {
     let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-    let digit = b.wrapping_sub(b'0') < 10;
-    letter
-        | digit
-        | (b == b'-')
-        | (b == b'.')
-        | (b == b'_')
-        | (b == b'~')
-        | (b == b'+')
-        | (b == b'/')
+    let dash_to_nine = b.wrapping_sub(b'-') < 13;
+    letter | dash_to_nine | (b == b'+') | (b == b'_') | (b == b'~')
 }
 
 #[cfg(test)]

@@ -401,3 +401,46 @@ fn minter_is_shareable_across_threads() {
     shareable::<SigningKey>();
     shareable::<crate::identity::jwks::PublishedJwks>();
 }
+
+#[test]
+fn remembered_source_key_is_always_the_key_of_the_inputs_given() {
+    let claims = obj(json!({"sub": "u"}));
+    let base = input(&claims, Some([1; 32]));
+    let variants = [
+        AssertionInput { ..base },
+        AssertionInput { ..base },
+        AssertionInput {
+            cache_key: Some([2; 32]),
+            ..base
+        },
+        AssertionInput {
+            token_exp: base.token_exp + 1,
+            ..base
+        },
+        AssertionInput {
+            claims_source: 7,
+            ..base
+        },
+        AssertionInput {
+            route_id: "other",
+            ..base
+        },
+        AssertionInput {
+            audience: "https://other.example",
+            ..base
+        },
+        AssertionInput {
+            token_iss: "https://other-issuer.example",
+            ..base
+        },
+        AssertionInput {
+            auth: "dpop",
+            ..base
+        },
+        AssertionInput { ..base },
+    ];
+    for v in &variants {
+        let token = v.cache_key.expect("a token hash");
+        assert_eq!(remembered_source_key(&token, v), source_key(&token, v));
+    }
+}

@@ -112,7 +112,7 @@ fn token_characters_are_exactly_rfc6750_b64token() {
         let spec = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
         assert_eq!(super::is_token_char(b), spec, "byte {b:#04x}");
         // Also at every position of a long token, so the chunked path sees it.
-        for at in [0, 31, 32, 33, 700, 1023] {
+        for at in [0, 31, 32, 63, 64, 65, 700, 1023] {
             let mut token = vec![b'a'; 1024];
             token[at] = b;
             let padded = b == b'=' && at == 1023;
