@@ -10,7 +10,22 @@ use support::echo::Echo;
 use support::issuer::MockIssuer;
 use support::{get, Answer, Proxy};
 
-async fn start(a: &MockIssuer, b: &MockIssuer, echo: &Echo) -> Proxy {
+/// Two issuers, an upstream, and a proxy with routes for either issuer, for `b` only, and for
+/// a scope. Bind every field (`b: _b`, `_echo`), never `..`: a field left out is dropped at
+/// once, and the proxy needs both issuers and the upstream for the whole test.
+struct World {
+    a: MockIssuer,
+    b: MockIssuer,
+    proxy: Proxy,
+    _echo: Echo,
+}
+
+async fn start() -> World {
+    let (a, b, echo) = (
+        MockIssuer::start().await,
+        MockIssuer::start().await,
+        Echo::start().await,
+    );
     let proxy = Proxy::start(&support::config(
         echo.addr,
         &format!(
@@ -24,7 +39,12 @@ async fn start(a: &MockIssuer, b: &MockIssuer, echo: &Echo) -> Proxy {
     ))
     .await;
     support::wait_ready(&proxy).await;
-    proxy
+    World {
+        a,
+        b,
+        proxy,
+        _echo: echo,
+    }
 }
 
 async fn call(proxy: &Proxy, path: &str, token: &str) -> Answer {
@@ -37,12 +57,7 @@ async fn call(proxy: &Proxy, path: &str, token: &str) -> Answer {
 
 #[tokio::test]
 async fn a_cached_token_still_meets_each_routes_issuer_list_and_policy() {
-    let (a, b, echo) = (
-        MockIssuer::start().await,
-        MockIssuer::start().await,
-        Echo::start().await,
-    );
-    let proxy = start(&a, &b, &echo).await;
+    let World { a, b, proxy, _echo } = start().await;
     let token = a.token("ES256", json!({"scope": "read"}));
     assert_eq!(call(&proxy, "/x", &token).await.status, 200);
     assert_eq!(call(&proxy, "/x", &token).await.status, 200);
@@ -55,12 +70,12 @@ async fn a_cached_token_still_meets_each_routes_issuer_list_and_policy() {
 
 #[tokio::test]
 async fn a_cached_token_is_refused_once_it_expires() {
-    let (a, b, echo) = (
-        MockIssuer::start().await,
-        MockIssuer::start().await,
-        Echo::start().await,
-    );
-    let proxy = start(&a, &b, &echo).await;
+    let World {
+        a,
+        b: _b,
+        proxy,
+        _echo,
+    } = start().await;
     let exp = support::issuer::now() + 2;
     let token = a.token("ES256", json!({"exp": exp}));
     assert_eq!(call(&proxy, "/x", &token).await.status, 200);
@@ -76,12 +91,12 @@ async fn a_cached_token_is_refused_once_it_expires() {
 
 #[tokio::test]
 async fn a_key_rotation_drops_verifications_made_with_the_old_keys() {
-    let (a, b, echo) = (
-        MockIssuer::start().await,
-        MockIssuer::start().await,
-        Echo::start().await,
-    );
-    let proxy = start(&a, &b, &echo).await;
+    let World {
+        a,
+        b: _b,
+        proxy,
+        _echo,
+    } = start().await;
     let old = a.token("ES256", json!({}));
     assert_eq!(call(&proxy, "/x", &old).await.status, 200);
     // The issuer rotates: the old key disappears from its JWKS. A token with a new kid makes
@@ -105,12 +120,12 @@ async fn a_key_rotation_drops_verifications_made_with_the_old_keys() {
 /// JSON it was verified with: policies still see exactly that token's claims.
 #[tokio::test]
 async fn claims_read_back_after_many_other_tokens_are_the_tokens_own() {
-    let (a, b, echo) = (
-        MockIssuer::start().await,
-        MockIssuer::start().await,
-        Echo::start().await,
-    );
-    let proxy = start(&a, &b, &echo).await;
+    let World {
+        a,
+        b: _b,
+        proxy,
+        _echo,
+    } = start().await;
     let admin = a.token("ES256", json!({"sub": "root", "scope": "admin"}));
     let reader = a.token("ES256", json!({"sub": "ann", "scope": "read"}));
     assert_eq!(call(&proxy, "/scoped", &admin).await.status, 200);
