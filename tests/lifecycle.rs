@@ -461,3 +461,39 @@ async fn json_access_log_one_line_per_request_without_the_token() {
         .iter()
         .all(|s| s.header("authorization").is_none()));
 }
+
+/// Access lines are handed to the log thread in batches (when a worker parks, or at 16 KiB):
+/// many concurrent requests, well past one batch, each get exactly one line, and a SIGTERM right
+/// after the last answer loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_access_lines_are_all_written_once_even_at_exit() {
+    let echo = Echo::start().await;
+    let (mut proxy, addr) = Process::serve_ready(
+        &config(echo.addr, "shutdown_grace = \"30s\""),
+        &[("TOKENGATE_LOG_FORMAT", "json")],
+    );
+    // About 250 bytes per line: 400 lines are several batches.
+    let total = 400;
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let url = format!("http://{addr}/pub/batch");
+        let id = vec![("x-request-id", format!("batch-{i}"))];
+        tasks.push(tokio::spawn(try_get(url, id)));
+    }
+    for task in tasks {
+        let (status, _) = task.await.expect("task").expect("request");
+        assert_eq!(status, 200);
+    }
+    proxy.sigterm();
+    let exit = proxy.wait_exit_async(WAIT).await.expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", proxy.stderr());
+    let log = proxy.stderr();
+    let mut ids: Vec<String> = access_lines(&log)
+        .iter()
+        .filter_map(|l| l["request_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..total).map(|i| format!("batch-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "one access line per request, none lost at exit");
+}
