@@ -1,7 +1,7 @@
-//! The upstream side: one pooled HTTP/1.1 client per configuration, streaming both ways.
+//! The upstream side: pooled HTTP/1.1 connections per upstream origin, streaming both ways.
 //!
 //! Bodies are never buffered: the client's `Incoming` body is handed to the upstream request and
-//! the upstream's `Incoming` body is handed back to hyper, so memory stays flat whatever the size.
+//! the upstream's body is handed back to hyper, so memory stays flat whatever the size.
 //! The only timeout here is `upstream.timeout` (until response headers); a body may take as long
 //! as it takes, like Envoy's `timeout` on a route. WebSocket (and other HTTP/1.1) upgrades are
 //! spliced once both sides agreed to switch protocols.
@@ -14,82 +14,72 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::{Upstream, UpstreamTarget};
+use crate::config::{Route, Upstream, UpstreamTarget};
 use crate::rejection::Rejection;
 
-/// Idle upstream connections are kept this long (below common upstream keep-alive timeouts of
-/// 60-75 s would be ideal, but the pool notices closed sockets before reuse anyway).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+mod pool;
 
+use pool::Pool;
+pub use pool::UpstreamBody;
+
+/// One pool per distinct upstream origin, shared by the routes that use it.
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Every target the configuration names (by `Arc`, so a lookup is a pointer comparison),
+    /// with its origin's pool.
+    pools: Vec<(Arc<UpstreamTarget>, Arc<Pool>)>,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamClient")
+            .field("pools", &self.pools.len())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamClient {
-    /// Builds the pooled client; fails when `ca_file` cannot be read or holds no certificate.
-    pub fn new(upstream: &Upstream) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(upstream.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match &upstream.ca_file {
-            Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                for cert in certs {
-                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("{}: no certificate found", path.display()));
-                }
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                builder.with_tls_config(tls)
+    /// Builds the pools; fails when `ca_file` cannot be read or holds no certificate.
+    pub fn new(upstream: &Upstream, routes: &[Route]) -> Result<Self, String> {
+        let connector = connector(upstream)?;
+        let targets = std::iter::once(&upstream.target)
+            .chain(routes.iter().filter_map(|r| r.upstream.as_ref()));
+        let mut pools: Vec<(Arc<UpstreamTarget>, Arc<Pool>)> = Vec::new();
+        for target in targets {
+            if pools.iter().any(|(t, _)| Arc::ptr_eq(t, target)) {
+                continue;
             }
-            None => builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| format!("loading the system's CA certificates: {e}"))?,
-        };
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+            let pool = match pools.iter().find(|(t, _)| **t == **target) {
+                Some((_, pool)) => Arc::clone(pool),
+                None => Arc::new(Pool::new(target, connector.clone())?),
+            };
+            pools.push((Arc::clone(target), pool));
+        }
         Ok(UpstreamClient {
-            client,
+            pools,
             timeout: upstream.timeout,
         })
     }
 
-    /// Sends `req` (whose URI is already the upstream's) and waits for response headers.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Rejection> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    /// Sends `req` (origin-form URI) to `target` and waits for response headers.
+    pub async fn send(
+        &self,
+        target: &Arc<UpstreamTarget>,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        let Some((_, pool)) = self.pools.iter().find(|(t, _)| Arc::ptr_eq(t, target)) else {
+            tracing::error!(upstream = %target.origin, "no connection pool for this upstream");
+            return Err(Rejection::BadGateway);
+        };
+        match tokio::time::timeout(self.timeout, pool.send(req)).await {
             Err(_) => Err(Rejection::GatewayTimeout),
             Ok(Err(error)) => {
-                tracing::warn!(error = %error_chain(&error), "upstream request failed");
+                tracing::warn!(error = %error_chain(&*error), "upstream request failed");
                 Err(Rejection::BadGateway)
             }
             Ok(Ok(response)) => Ok(response),
@@ -97,24 +87,51 @@ impl UpstreamClient {
     }
 }
 
-/// The upstream URI for a normalized path and the client's query (forwarded unchanged). The
-/// path's buffer becomes the URI's (no copy).
-pub fn upstream_uri(
-    target: &UpstreamTarget,
-    mut path: String,
-    query: Option<&str>,
-) -> Result<Uri, Rejection> {
+/// Dials `http` and `https` upstreams (rustls; `ca_file` or the system's roots).
+fn connector(upstream: &Upstream) -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match &upstream.ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificate found", path.display()));
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        }
+        None => builder
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| format!("loading the system's CA certificates: {e}"))?,
+    };
+    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
+}
+
+/// The upstream request target: the normalized path and the client's query (forwarded
+/// unchanged), in origin form as HTTP/1.1 sends it. The path's buffer becomes the URI's (no copy).
+pub fn upstream_uri(mut path: String, query: Option<&str>) -> Result<Uri, Rejection> {
     if let Some(q) = query {
         path.push('?');
         path.push_str(q);
     }
-    let path_and_query = PathAndQuery::try_from(path)
-        .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))?;
-    Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    PathAndQuery::try_from(path)
+        .map(Uri::from)
         .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))
 }
 
@@ -125,7 +142,7 @@ pub fn as_upstream_request(req: &mut Request<Incoming>, uri: Uri) {
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection (WebSocket).
-pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<Incoming>) {
+pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<UpstreamBody>) {
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::authn::{self, Issuers, Principal, Verified};
 use crate::config::{Config, Route};
-use crate::forward::{self, UpstreamClient};
+use crate::forward::{self, UpstreamBody, UpstreamClient};
 use crate::identity::assertion::{AssertionInput, Minter};
 use crate::identity::headers::{self as claim_headers, ClaimPath};
 use crate::identity::jwks::PublishedJwks;
@@ -48,7 +48,7 @@ use checks::{check_framing, check_head_size, is_upgrade, normalize, request_host
 pub const JWKS_PATH: &str = "/.well-known/tokengate/jwks.json";
 
 /// What a response body is: the upstream's, streamed, or one of our own small JSON answers.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Everything the proxy needs for one configuration generation, built once.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ impl Gateway {
         tokio::spawn(userinfo.clone().run_purger(issuers.stopped()));
         Ok(Gateway {
             scrub: ScrubRules::new(&config),
-            upstream: UpstreamClient::new(&config.upstream)?,
+            upstream: UpstreamClient::new(&config.upstream, &config.routes)?,
             issuers,
             userinfo,
             minter,
@@ -236,9 +236,12 @@ impl Gateway {
             // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
             parts.headers.insert(header::HOST, h);
         }
-        let (req, client_upgrade) =
-            self.upstream_request(route, parts, body, forward_path, upgrade)?;
-        let mut response = self.upstream.send(req).await?;
+        let target = route
+            .upstream
+            .as_ref()
+            .unwrap_or(&self.config.upstream.target);
+        let (req, client_upgrade) = upstream_request(parts, body, forward_path, upgrade)?;
+        let mut response = self.upstream.send(target, req).await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
             Some(on_upgrade) if switching => forward::splice_upgrade(on_upgrade, &mut response),
@@ -346,30 +349,24 @@ impl Gateway {
         }
         Ok(Principal::Token(verified))
     }
+}
 
-    /// The upstream request: target URI, HTTP/1.1, and the client's upgrade handle (WebSocket).
-    fn upstream_request(
-        &self,
-        route: &Route,
-        mut parts: Parts,
-        body: Incoming,
-        forward_path: String,
-        upgrade: bool,
-    ) -> Result<(Request<Incoming>, Option<hyper::upgrade::OnUpgrade>), Rejection> {
-        let target = route
-            .upstream
-            .as_deref()
-            .unwrap_or(&self.config.upstream.target);
-        let uri = forward::upstream_uri(target, forward_path, parts.uri.query())?;
-        let client_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
-        let mut req = Request::from_parts(parts, body);
-        forward::as_upstream_request(&mut req, uri);
-        Ok((req, client_upgrade))
-    }
+/// The upstream request: target URI, HTTP/1.1, and the client's upgrade handle (WebSocket).
+fn upstream_request(
+    mut parts: Parts,
+    body: Incoming,
+    forward_path: String,
+    upgrade: bool,
+) -> Result<(Request<Incoming>, Option<hyper::upgrade::OnUpgrade>), Rejection> {
+    let uri = forward::upstream_uri(forward_path, parts.uri.query())?;
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let mut req = Request::from_parts(parts, body);
+    forward::as_upstream_request(&mut req, uri);
+    Ok((req, client_upgrade))
 }
 
 /// Policy phase (SPEC §4.6): the route's scopes and claim rules on the (merged) claims. A
