@@ -180,8 +180,8 @@ mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f MiB", kb / 1024 }'; }
 
 # ------------------------------------------------------------------------------------------------
 # Ports, keys, tokens
-mapfile -t PORTS < <("$BIN/bench-issuer" ports 19)
-P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}
+mapfile -t PORTS < <("$BIN/bench-issuer" ports 20)
+P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}; P_BARE_POOL=${PORTS[19]}
 ISSUER_URL="http://127.0.0.1:$P_ISS"
 UPSTREAM_URL="http://127.0.0.1:$P_UP"
 
@@ -215,12 +215,14 @@ DESC[5]="same, a different token per request"
 DESC[6]="same as 4 + 10 claim rules (regex, JSON Pointer)"
 DESC[7]="same as 4 + userinfo = true, warm cache"
 DESC[8]="same as 4 + userinfo = true, 20 ms userinfo, userinfo_max_age = 0s"
-ROWS=(1 2 3 4 5 6 7 8)
+DESC[9]="reference: row 2 with tokengate's upstream pool instead of hyper-util's legacy client"
+ROWS=(1 2 3 4 5 6 7 8 9)
 for i in "${ROWS[@]}"; do STATE[$i]=ok; NOTE[$i]=; MODE[$i]=one; done
-MODE[1]=none; MODE[2]=none; MODE[3]=none; MODE[5]=many
+MODE[1]=none; MODE[2]=none; MODE[3]=none; MODE[5]=many; MODE[9]=none
 REQ_PATH=/api/orders/42
 URL[1]="$UPSTREAM_URL$REQ_PATH"
 URL[2]="http://127.0.0.1:$P_BARE$REQ_PATH"
+URL[9]="http://127.0.0.1:$P_BARE_POOL$REQ_PATH"
 
 # tokengate_config ROW MAIN_PORT ADMIN_PORT: the configuration of one tokengate instance.
 tokengate_config() {
@@ -313,10 +315,12 @@ start upstream "$BIN/bench-issuer" upstream "127.0.0.1:$P_UP"
 start issuer "$BIN/bench-issuer" serve --listen "127.0.0.1:$P_ISS" --key "$WORK/issuer-rsa.pem" \
   --userinfo-delay-ms "$USERINFO_DELAY_MS"
 start bare "$BIN/bare-forwarder" "127.0.0.1:$P_BARE" "$UPSTREAM_URL"
+start barepool "$BIN/bare-forwarder" --tokengate-pool "127.0.0.1:$P_BARE_POOL" "$UPSTREAM_URL"
 wait_http "$UPSTREAM_URL/" || die "the upstream did not start: $(tail -n 3 "$WORK/upstream.log")"
 wait_http "$ISSUER_URL/.well-known/openid-configuration" || die "the issuer did not start: $(tail -n 3 "$WORK/issuer.log")"
 wait_http "${URL[2]}" || die "the bare forwarder did not start: $(tail -n 3 "$WORK/bare.log")"
-INSTANCE[1]=upstream; INSTANCE[2]=bare
+wait_http "${URL[9]}" || die "the bare forwarder (tokengate pool) did not start: $(tail -n 3 "$WORK/barepool.log")"
+INSTANCE[1]=upstream; INSTANCE[2]=bare; INSTANCE[9]=barepool
 
 say "starting tokengate instances ..."
 declare -A ADMIN_PORT
@@ -380,11 +384,11 @@ for i in "${ROWS[@]}"; do
   case "${STATE[$i]}" in ok|partial) ;; *) continue ;; esac
   if ! msg=$(probe "$i"); then STATE[$i]=fail; NOTE[$i]="probe failed: $msg"; continue; fi
   seen=$(tr 'A-Z' 'a-z' <"$WORK/probe$i.txt")
-  if [ "$i" -ge 4 ]; then
+  if [ "$i" -ge 4 ] && [ "$i" -le 8 ]; then
     grep -q '^x-identity-assertion: ' <<<"$seen" || missing_feature "$i" "identity assertion"
     grep -q '^x-auth-subject: user-0$' <<<"$seen" || missing_feature "$i" "claim headers"
   fi
-  if [ "$i" -ge 7 ]; then
+  if [ "$i" -ge 7 ] && [ "$i" -le 8 ]; then
     before=$(userinfo_calls)
     probe "$i" >/dev/null || true
     calls=$(( $(userinfo_calls) - before ))
@@ -498,7 +502,7 @@ echo
 echo "- machine: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $NCPU CPUs, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
 echo "- commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "- pinning: $PIN_NOTE; each server therefore runs one tokio worker thread"
-echo "- $ROUNDS round(s), rows interleaved (row 1..8 back to back in every round); ${DURATION}s per row at c=$CONNS (req/s), ${LAT_DURATION}s at c=1 (p50/p99); wrk 1 thread, HTTP/1.1 keep-alive, GET $REQ_PATH, 12-byte upstream body"
+echo "- $ROUNDS round(s), rows interleaved (rows 1..9 back to back in every round); ${DURATION}s per row at c=$CONNS (req/s), ${LAT_DURATION}s at c=1 (p50/p99); wrk 1 thread, HTTP/1.1 keep-alive, GET $REQ_PATH, 12-byte upstream body"
 echo "- load average before the run: $LOADAVG (1/5/15 min, includes the build; other work on the machine skews the numbers)"
 echo "- tokengate log level: $LOG_LEVEL (stderr to a file); row 5: $TOKENS pre-minted tokens"
 [ "$QUICK" = 1 ] && echo "- **--quick smoke test: numbers are meaningless**"
@@ -511,7 +515,7 @@ for i in "${ROWS[@]}"; do
   if ! is_active "$i"; then
     echo "| $i | $name | n/a (${NOTE[$i]}) | | | | | |"
     [ "${STATE[$i]}" = fail ] && FAILED=1
-    [ "$i" -le 3 ] && FAILED=1  # rows 1-3 use nothing in progress: n/a there means the harness broke
+    case $i in 1|2|3|9) FAILED=1 ;; esac  # these use nothing in progress: n/a there means the harness broke
     continue
   fi
   [ "${STATE[$i]}" = partial ] && name="$name (**partial, missing: ${NOTE[$i]}**)"
@@ -572,6 +576,11 @@ else
 fi
 if is_active 5; then
   echo "  - row 5 sent $sent requests over $TOKENS distinct tokens (${reuse}× the token file; above 1 a token comes around again)"
+fi
+if is_active 9; then
+  # Rows 3 and 4 against the same hop with the same upstream pool: tokengate's own cost.
+  r3=$(is_active 3 && ratios 3 9 thr | median); r4=$(is_active 4 && ratios 4 9 thr | median)
+  echo "- reference row 9 (the bare forwarder with tokengate's upstream pool): row 3 / row 9 = $(printf '%.2f' "${r3:-0}"), row 4 / row 9 = $(printf '%.2f' "${r4:-0}") req/s"
 fi
 for i in 7 8; do
   is_active "$i" || continue

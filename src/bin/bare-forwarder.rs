@@ -1,4 +1,5 @@
-//! `bare-forwarder LISTEN UPSTREAM`: the "bare hyper forwarder" row of `bench/run.sh`.
+//! `bare-forwarder [--tokengate-pool] LISTEN UPSTREAM`: the "bare hyper forwarder" row of
+//! `bench/run.sh`.
 //!
 //! The cost of one reverse-proxy hop done well and nothing more: a hyper-util auto server
 //! (HTTP/1.1 and h2c prior knowledge) on LISTEN, one pooled hyper-util legacy client to UPSTREAM
@@ -6,8 +7,14 @@
 //! is limited to what HTTP requires of a proxy: hop-by-hop headers (RFC 9110 §7.6.1) are not
 //! forwarded, `Host` is kept (set from `:authority` for HTTP/2 clients), and the upstream request
 //! is HTTP/1.1. Not part of tokengate; a yardstick for the benchmark.
+//!
+//! With `--tokengate-pool` the hop goes through tokengate's own upstream pool
+//! (`tokengate::forward::UpstreamClient`) instead of hyper-util's legacy client: the benchmark's
+//! reference row that shows tokengate's cost over the very same hop.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +28,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokengate::config::{Upstream, UpstreamTarget};
+use tokengate::forward::{UpstreamBody, UpstreamClient};
 use tokio::net::TcpListener;
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -49,13 +58,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(
-    client: HttpClient,
-    upstream: Authority,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+/// What any forwarder does to the request: origin `upstream`, `Host` kept (or taken from an
+/// HTTP/2 client's `:authority`), HTTP/1.1, no hop-by-hop headers.
+fn prepare(req: &mut Request<Incoming>, upstream: &Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let authority = parts.authority.replace(upstream);
+    let authority = parts.authority.replace(upstream.clone());
     parts.scheme = Some(Scheme::HTTP);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
@@ -69,52 +76,116 @@ async fn forward(
     }
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
+}
+
+fn bad_gateway<B>() -> Response<Either<B, Full<Bytes>>> {
+    let mut r = Response::new(Either::Right(Full::from("bad gateway\n")));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
+}
+
+async fn forward(
+    client: HttpClient,
+    upstream: Authority,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    prepare(&mut req, &upstream);
     Ok(match client.request(req).await {
         Ok(response) => response.map(Either::Left),
-        Err(_) => {
-            let mut r = Response::new(Either::Right(Full::from("bad gateway\n")));
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
-            r
-        }
+        Err(_) => bad_gateway(),
     })
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!(
-            "usage: bare-forwarder LISTEN UPSTREAM (e.g. 127.0.0.1:8081 http://127.0.0.1:3000)"
-        );
-        std::process::exit(2);
-    }
-    let upstream = args[2].trim_start_matches("http://").trim_end_matches('/');
-    let upstream: Authority = upstream.parse().unwrap_or_else(|e| {
-        eprintln!("bad UPSTREAM {upstream:?}: {e}");
-        std::process::exit(2)
-    });
-    let listener = TcpListener::bind(&args[1]).await.unwrap_or_else(|e| {
-        eprintln!("cannot listen on {}: {e}", args[1]);
-        std::process::exit(1)
-    });
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector);
+async fn forward_pooled(
+    client: Arc<UpstreamClient>,
+    target: Arc<UpstreamTarget>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Either<UpstreamBody, Full<Bytes>>>, Infallible> {
+    prepare(&mut req, &target.authority);
+    // tokengate's pool sends origin-form targets.
+    let origin_form = req.uri().path_and_query().cloned();
+    *req.uri_mut() = origin_form.map_or_else(|| Uri::from_static("/"), Uri::from);
+    Ok(match client.send(&target, req).await {
+        Ok(response) => response.map(Either::Left),
+        Err(_) => bad_gateway(),
+    })
+}
+
+/// Accepts connections forever, serving each with `answer`.
+async fn serve<F, Fut, B>(listener: TcpListener, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (client, upstream) = (client.clone(), upstream.clone());
+        let answer = answer.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| forward(client.clone(), upstream.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(tcp), service_fn(answer))
                 .await;
         });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tokengate_pool = args.first().is_some_and(|a| a == "--tokengate-pool");
+    if tokengate_pool {
+        args.remove(0);
+    }
+    if args.len() != 2 {
+        eprintln!(
+            "usage: bare-forwarder [--tokengate-pool] LISTEN UPSTREAM (e.g. 127.0.0.1:8081 http://127.0.0.1:3000)"
+        );
+        std::process::exit(2);
+    }
+    let upstream = args[1].trim_start_matches("http://").trim_end_matches('/');
+    let upstream: Authority = upstream.parse().unwrap_or_else(|e| {
+        eprintln!("bad UPSTREAM {upstream:?}: {e}");
+        std::process::exit(2)
+    });
+    let listener = TcpListener::bind(&args[0]).await.unwrap_or_else(|e| {
+        eprintln!("cannot listen on {}: {e}", args[0]);
+        std::process::exit(1)
+    });
+    if tokengate_pool {
+        let target = Arc::new(UpstreamTarget {
+            scheme: Scheme::HTTP,
+            origin: format!("http://{upstream}"),
+            authority: upstream,
+        });
+        let settings = Upstream {
+            target: target.clone(),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            ca_file: None,
+        };
+        let client = Arc::new(UpstreamClient::new(&settings, &[]).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }));
+        serve(listener, move |req| {
+            forward_pooled(client.clone(), target.clone(), req)
+        })
+        .await;
+    } else {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        serve(listener, move |req| {
+            forward(client.clone(), upstream.clone(), req)
+        })
+        .await;
     }
 }
 
