@@ -196,9 +196,20 @@ impl Gateway {
         )
         .await?;
         let principal = match principal {
-            // Boxed: only userinfo routes await it, the others should not carry its size.
             Principal::Token(verified) if route.userinfo => {
-                Box::pin(self.enrich(route, verified, &parts, line)).await?
+                let cached = self.userinfo.cached(
+                    verified.issuer,
+                    &verified.token_sha256,
+                    &verified.claims,
+                    route.userinfo_max_age,
+                    false,
+                );
+                match cached {
+                    Some(outcome) => enriched(verified, outcome?, line),
+                    // Boxed: only a cache miss awaits, the other requests should not carry
+                    // its size.
+                    None => Box::pin(self.enrich(route, verified, &parts, line)).await?,
+                }
             }
             other => other,
         };
@@ -308,12 +319,12 @@ impl Gateway {
         &self.jwks
     }
 
-    /// Enrichment phase (SPEC §4.5), for `userinfo = true` routes: the userinfo answer merged
-    /// over the token's claims (through the cache).
+    /// Enrichment phase (SPEC §4.5), for `userinfo = true` routes whose token the cache could
+    /// not answer for: the userinfo answer merged over the token's claims.
     async fn enrich(
         &self,
         route: &Route,
-        mut verified: Verified,
+        verified: Verified,
         parts: &Parts,
         line: &mut AccessLine,
     ) -> Result<Principal, Rejection> {
@@ -340,15 +351,20 @@ impl Gateway {
                 authn::unix_now(),
             )
             .await?;
-        match outcome {
-            Outcome::Enriched { claims, answer } => {
-                verified.claims = claims;
-                verified.userinfo_answer = answer;
-            }
-            Outcome::Skipped(reason) => line.reason = Some(reason),
-        }
-        Ok(Principal::Token(verified))
+        Ok(enriched(verified, outcome, line))
     }
+}
+
+/// The caller with the userinfo outcome applied.
+fn enriched(mut verified: Verified, outcome: Outcome, line: &mut AccessLine) -> Principal {
+    match outcome {
+        Outcome::Enriched { claims, answer } => {
+            verified.claims = claims;
+            verified.userinfo_answer = answer;
+        }
+        Outcome::Skipped(reason) => line.reason = Some(reason),
+    }
+    Principal::Token(verified)
 }
 
 /// The upstream request: target URI, HTTP/1.1, and the client's upgrade handle (WebSocket).

@@ -20,6 +20,7 @@
 pub mod authn;
 pub mod config;
 pub mod demo;
+pub mod digest_hash;
 pub mod forward;
 pub mod gateway;
 pub mod identity;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::digest_hash::DigestHash;
 use crate::token::claims::Claims;
 
 /// Parsed claims kept for the most recently used tokens.
@@ -52,9 +53,9 @@ struct Stored {
 }
 
 pub struct VerifiedCache {
-    entries: DashMap<[u8; 32], Arc<Stored>>,
+    entries: DashMap<[u8; 32], Arc<Stored>, DigestHash>,
     capacity: usize,
-    parsed: DashMap<[u8; 32], Arc<Claims>>,
+    parsed: DashMap<[u8; 32], Arc<Claims>, DigestHash>,
     parsed_capacity: usize,
 }
 
@@ -71,9 +72,9 @@ impl std::fmt::Debug for VerifiedCache {
 impl VerifiedCache {
     pub fn new(capacity: usize) -> Self {
         VerifiedCache {
-            entries: DashMap::new(),
+            entries: DashMap::default(),
             capacity,
-            parsed: DashMap::new(),
+            parsed: DashMap::default(),
             parsed_capacity: PARSED_ENTRIES.min(capacity),
         }
     }

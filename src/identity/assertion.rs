@@ -61,6 +61,7 @@ use sha2::{Digest, Sha256};
 
 use super::signing::SigningKey;
 use crate::config::model::Identity;
+use crate::digest_hash::DigestHash;
 use crate::token::claims::Claims;
 
 /// Most assertions kept for reuse. An assertion is 0.7 KiB (ES256, EdDSA) to 1 KiB (RS256-2048;
@@ -125,7 +126,7 @@ pub struct Minter {
     margin: i64,
     claims: Vec<String>,
     bind_request: bool,
-    cache: DashMap<[u8; 32], Cached>,
+    cache: DashMap<[u8; 32], Cached, DigestHash>,
     capacity: usize,
 }
 
@@ -159,7 +160,7 @@ impl Minter {
                 .cloned()
                 .collect(),
             bind_request: identity.bind_request,
-            cache: DashMap::new(),
+            cache: DashMap::default(),
             capacity: CACHE_CAPACITY,
         }
     }

@@ -30,6 +30,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::client::Answer;
+use crate::digest_hash::DigestHash;
 
 /// (issuer index in `Config::issuers`, SHA-256 of the whole token). Never the raw token.
 pub(crate) type Key = (usize, [u8; 32]);
@@ -81,7 +82,7 @@ pub(crate) fn lifetime(cache_ttl: Duration, token_exp: i64, now_unix: i64) -> Du
 }
 
 pub(crate) struct Cache {
-    map: DashMap<Key, Entry>,
+    map: DashMap<Key, Entry, DigestHash>,
     /// Reserved slots: always `>= map.len()` and `<= max`.
     count: AtomicUsize,
     max: usize,
@@ -93,7 +94,7 @@ pub(crate) struct Cache {
 impl Cache {
     pub(crate) fn new(max: usize) -> Cache {
         Cache {
-            map: DashMap::new(),
+            map: DashMap::default(),
             count: AtomicUsize::new(0),
             max,
             order: Mutex::new(VecDeque::new()),

@@ -52,6 +52,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{self, OnError};
+use crate::digest_hash::DigestHash;
 use crate::rejection::Rejection;
 use crate::token::claims::{self, Claims};
 use crate::token::jwks::IssuerKeys;
@@ -167,9 +168,9 @@ pub struct Userinfo {
     /// reached through its token's hash, so every request that uses it carries the same token
     /// claims and gets the same merge. Bounded by [`MERGED_ENTRIES`] (emptied when full): a
     /// merged map is several KiB, too much to keep next to every cached answer.
-    merged: DashMap<Key, (u64, Arc<Claims>)>,
+    merged: DashMap<Key, (u64, Arc<Claims>), DigestHash>,
     /// Calls in progress: (flight id, receiver of its result). Cloned out, never awaited in place.
-    in_flight: DashMap<Key, (u64, watch::Receiver<Option<Fetched>>)>,
+    in_flight: DashMap<Key, (u64, watch::Receiver<Option<Fetched>>), DigestHash>,
     next_flight: AtomicU64,
     stats: Stats,
     /// Issuers already reported (at error level) as having no userinfo endpoint.
@@ -197,8 +198,8 @@ impl Userinfo {
             timeout: settings.timeout,
             on_error: settings.on_error,
             cache: Cache::new(settings.max_entries),
-            merged: DashMap::new(),
-            in_flight: DashMap::new(),
+            merged: DashMap::default(),
+            in_flight: DashMap::default(),
             next_flight: AtomicU64::new(0),
             stats: Stats::default(),
             warned_no_endpoint: DashSet::new(),
@@ -216,14 +217,16 @@ impl Userinfo {
         dpop_bound: bool,
         now_unix: i64,
     ) -> Result<Outcome, Rejection> {
-        if dpop_bound {
-            return Ok(Outcome::Skipped("dpop_bound_token"));
+        if let Some(outcome) = self.cached(
+            token.issuer,
+            token.sha256,
+            token.claims,
+            route_max_age,
+            dpop_bound,
+        ) {
+            return outcome;
         }
         let key: Key = (token.issuer, *token.sha256);
-        if let Some(cached) = self.cache.get(&key, Instant::now(), route_max_age) {
-            bump(&self.stats.hits);
-            return self.judge(&key, Fetched::from(cached), token.claims);
-        }
         let Some(endpoint) = issuer.userinfo_endpoint() else {
             bump(&self.stats.misses);
             bump(&self.stats.error);
@@ -240,6 +243,25 @@ impl Userinfo {
         };
         let fetched = self.flight(call, route_max_age).await;
         self.judge(&key, fetched, token.claims)
+    }
+
+    /// The outcome [`Userinfo::enrich`] would have without asking the issuer, or `None` when it
+    /// must ask. Synchronous, so the common warm path needs neither the raw token nor a future.
+    pub fn cached(
+        &self,
+        issuer: usize,
+        sha256: &[u8; 32],
+        claims: &Claims,
+        route_max_age: Option<Duration>,
+        dpop_bound: bool,
+    ) -> Option<Result<Outcome, Rejection>> {
+        if dpop_bound {
+            return Some(Ok(Outcome::Skipped("dpop_bound_token")));
+        }
+        let key: Key = (issuer, *sha256);
+        let cached = self.cache.get(&key, Instant::now(), route_max_age)?;
+        bump(&self.stats.hits);
+        Some(self.judge(&key, Fetched::from(cached), claims))
     }
 
     /// Current counter values.
