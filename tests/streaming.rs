@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, Notify};
 
 use support::echo::Echo;
 use support::process::Process;
+use support::Channel;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -114,30 +115,6 @@ impl Body for Generated {
         } else {
             SizeHint::default()
         }
-    }
-}
-
-/// A body fed through a channel, chunk by chunk, for as long as the sender lives.
-struct Channel(mpsc::Receiver<Bytes>);
-
-impl Channel {
-    fn new() -> (mpsc::Sender<Bytes>, Channel) {
-        let (tx, rx) = mpsc::channel(16);
-        (tx, Channel(rx))
-    }
-}
-
-impl Body for Channel {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 

@@ -9,16 +9,14 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use support::echo::Echo;
-use support::{get, raw, raw_status, Answer, Proxy};
+use support::{get, raw, raw_status, Answer, Channel, Proxy};
 
 /// Liveness bound for anything that should happen: generous, never a speed assertion.
 const WAIT: Duration = Duration::from_secs(10);
@@ -412,23 +410,6 @@ async fn an_idle_connection_the_upstream_closed_is_not_used() {
 // An upstream that answers before the upload ends
 // ---------------------------------------------------------------------------------------------
 
-/// A request body fed through a channel, for as long as the sender lives.
-struct Channel(mpsc::Receiver<Bytes>);
-
-impl Body for Channel {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-    }
-}
-
 /// An HTTP/1.1 upstream that answers `POST /upload` at once (`early`), reading the body only
 /// afterwards and reporting its length on the returned channel once complete; every other
 /// request gets `conn=<connection number> path=<path>`.
@@ -488,10 +469,10 @@ async fn an_upstream_that_answers_before_the_upload_ends_does_not_stall_other_re
     let proxy = Proxy::start(&catch_all(&format!("http://{addr}"), "")).await;
 
     // The upload: a first chunk now, the rest about a second later.
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (tx, body) = Channel::new();
     let client = Client::builder(TokioExecutor::new()).build_http::<Channel>();
     let req = Request::post(proxy.url("/upload"))
-        .body(Channel(rx))
+        .body(body)
         .expect("request");
     let started = tokio::time::Instant::now();
     tx.send(Bytes::from_static(b"first chunk "))

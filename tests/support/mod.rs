@@ -225,3 +225,27 @@ pub async fn wait_ready(proxy: &Proxy) {
     }
     panic!("the proxy never became ready");
 }
+
+/// A body fed through a channel, chunk by chunk, for as long as the sender lives.
+pub struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Channel {
+    pub fn new() -> (tokio::sync::mpsc::Sender<Bytes>, Channel) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        (tx, Channel(rx))
+    }
+}
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
