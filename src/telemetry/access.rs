@@ -164,51 +164,42 @@ fn format_line(
         ("auth", line.auth),
         ("reason", line.reason),
     ];
-    let status = status.as_u16();
-    if json {
+    // The two layouts differ only in their frame and separators: `,"name":` against ` name=`.
+    let (before_name, after_name): (&[u8], &[u8]) = if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         rfc3339_micros(buf, now);
         buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-        for (name, value) in strings.iter().chain(&optional) {
-            if let Some(value) = value {
-                push_all(buf, &[b",\"", name.as_bytes(), b"\":"]);
-                if is_plain(value) {
-                    push_all(buf, &[b"\"", value.as_bytes(), b"\""]);
-                } else {
-                    let _ = serde_json::to_writer(&mut *buf, value);
-                }
-            }
-            if *name == "route" {
-                buf.extend_from_slice(b",\"status\":");
-                push_digits(buf, u64::from(status), 1);
-                buf.extend_from_slice(b",\"latency_ms\":");
-                push_millis(buf, latency);
+        (b",\"", b"\":")
+    } else {
+        rfc3339_micros(buf, now);
+        push_all(buf, &[b"  INFO ", ACCESS_TARGET.as_bytes(), b": request"]);
+        (b" ", b"=")
+    };
+    for (name, value) in strings.iter().chain(&optional) {
+        if let Some(value) = value {
+            push_all(buf, &[before_name, name.as_bytes(), after_name]);
+            if is_plain(value) {
+                push_all(buf, &[b"\"", value.as_bytes(), b"\""]);
+            } else if json {
+                let _ = serde_json::to_writer(&mut *buf, value);
+            } else {
+                // `{:?}`, as the subscriber writes a string field.
+                let _ = write!(buf, "{value:?}");
             }
         }
+        if *name == "route" {
+            push_all(buf, &[before_name, b"status", after_name]);
+            push_digits(buf, u64::from(status.as_u16()), 1);
+            push_all(buf, &[before_name, b"latency_ms", after_name]);
+            push_millis(buf, latency);
+        }
+    }
+    if json {
         push_all(
             buf,
             &[b",\"target\":\"", ACCESS_TARGET.as_bytes(), b"\"}\n"],
         );
     } else {
-        rfc3339_micros(buf, now);
-        push_all(buf, &[b"  INFO ", ACCESS_TARGET.as_bytes(), b": request"]);
-        for (name, value) in strings.iter().chain(&optional) {
-            if let Some(value) = value {
-                push_all(buf, &[b" ", name.as_bytes(), b"="]);
-                if is_plain(value) {
-                    push_all(buf, &[b"\"", value.as_bytes(), b"\""]);
-                } else {
-                    // `{:?}`, as the subscriber writes a string field.
-                    let _ = write!(buf, "{value:?}");
-                }
-            }
-            if *name == "route" {
-                buf.extend_from_slice(b" status=");
-                push_digits(buf, u64::from(status), 1);
-                buf.extend_from_slice(b" latency_ms=");
-                push_millis(buf, latency);
-            }
-        }
         buf.push(b'\n');
     }
 }
