@@ -58,24 +58,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What any forwarder does to the request: origin `upstream`, `Host` kept (or taken from an
-/// HTTP/2 client's `:authority`), HTTP/1.1, no hop-by-hop headers.
-fn prepare(req: &mut Request<Incoming>, upstream: &Authority) {
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let authority = parts.authority.replace(upstream.clone());
-    parts.scheme = Some(Scheme::HTTP);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+/// What any forwarder does to the request: `Host` kept (or taken from an HTTP/2 client's
+/// `:authority`), HTTP/1.1, no hop-by-hop headers. Takes the URI and returns its path and query.
+fn prepare(req: &mut Request<Incoming>) -> PathAndQuery {
+    let parts = std::mem::take(req.uri_mut()).into_parts();
     if !req.headers().contains_key(HOST) {
         // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
-        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(v) = parts
+            .authority
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             req.headers_mut().insert(HOST, v);
         }
     }
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
+    parts
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 fn bad_gateway<B>() -> Response<Either<B, Full<Bytes>>> {
@@ -89,7 +89,13 @@ async fn forward(
     upstream: Authority,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    prepare(&mut req, &upstream);
+    let path_and_query = prepare(&mut req);
+    // hyper-util's client takes absolute-form targets.
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(upstream);
+    uri.path_and_query = Some(path_and_query);
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path are set");
     Ok(match client.request(req).await {
         Ok(response) => response.map(Either::Left),
         Err(_) => bad_gateway(),
@@ -101,10 +107,8 @@ async fn forward_pooled(
     target: Arc<UpstreamTarget>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Either<UpstreamBody, Full<Bytes>>>, Infallible> {
-    prepare(&mut req, &target.authority);
     // tokengate's pool sends origin-form targets.
-    let origin_form = req.uri().path_and_query().cloned();
-    *req.uri_mut() = origin_form.map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = Uri::from(prepare(&mut req));
     Ok(match client.send(&target, req).await {
         Ok(response) => response.map(Either::Left),
         Err(_) => bad_gateway(),
