@@ -4,9 +4,13 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod gate;
+pub mod h2c_upstream;
+pub mod h2raw;
 pub mod issuer;
 pub mod pki;
 pub mod process;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
