@@ -23,8 +23,8 @@ use crate::rejection::Rejection;
 
 mod pool;
 
-use pool::Pool;
 pub use pool::UpstreamBody;
+use pool::{Pool, SendError};
 
 /// One pool per distinct upstream origin, shared by the routes that use it.
 pub struct UpstreamClient {
@@ -56,7 +56,12 @@ impl UpstreamClient {
             }
             let pool = match pools.iter().find(|(t, _)| **t == **target) {
                 Some((_, pool)) => Arc::clone(pool),
-                None => Arc::new(Pool::new(target, connector.clone())?),
+                None => Arc::new(Pool::new(
+                    target,
+                    connector.clone(),
+                    upstream.max_connections,
+                    upstream.connect_timeout,
+                )?),
             };
             pools.push((Arc::clone(target), pool));
         }
@@ -78,7 +83,14 @@ impl UpstreamClient {
         };
         match tokio::time::timeout(self.timeout, pool.send(req)).await {
             Err(_) => Err(Rejection::GatewayTimeout),
-            Ok(Err(error)) => {
+            Ok(Err(SendError::Saturated)) => {
+                tracing::warn!(upstream = %target.origin, "upstream max_connections reached; request refused");
+                Err(Rejection::Unavailable {
+                    description: "the upstream connection limit is reached".into(),
+                    retry_after_secs: 1,
+                })
+            }
+            Ok(Err(SendError::Failed(error))) => {
                 tracing::warn!(error = %error_chain(&*error), "upstream request failed");
                 Err(Rejection::BadGateway)
             }
@@ -139,6 +151,16 @@ pub fn upstream_uri(mut path: String, query: Option<&str>) -> Result<Uri, Reject
 pub fn as_upstream_request(req: &mut Request<Incoming>, uri: Uri) {
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+}
+
+/// Whether a `101 Switching Protocols` answer switched to WebSocket, the one protocol the client
+/// may have asked for (anything else would give it a raw connection of another kind).
+pub fn switched_to_websocket(response: &Response<UpstreamBody>) -> bool {
+    let mut upgrades = response.headers().get_all(http::header::UPGRADE).iter();
+    matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(value), None) if value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    )
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection (WebSocket).

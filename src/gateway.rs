@@ -32,6 +32,7 @@ use crate::identity::jwks::PublishedJwks;
 use crate::identity::signing::SigningKey;
 use crate::policy::Decision;
 use crate::rejection::Rejection;
+use crate::route::host::Host;
 use crate::route::{self, normalize::NormalizedPath};
 use crate::scrub::{self, ScrubRules, X_REQUEST_ID};
 use crate::server::framing_guard::HeadFlags;
@@ -42,7 +43,9 @@ use crate::userinfo::{Outcome, TokenRef, Userinfo};
 
 mod checks;
 
-use checks::{check_framing, check_head_size, is_upgrade, normalize, request_host};
+use checks::{
+    check_framing, check_head_size, check_method, is_websocket_upgrade, normalize, request_host,
+};
 
 /// Where the main listener publishes the identity verification keys (SPEC §5).
 pub const JWKS_PATH: &str = "/.well-known/tokengate/jwks.json";
@@ -170,6 +173,7 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, Rejection> {
         let (mut parts, body) = req.into_parts();
         check_framing(&parts, conn, index)?;
+        check_method(&parts.method)?;
         check_head_size(&parts, self.config.server.max_header_bytes)?;
         let host = request_host(&parts)?;
         let NormalizedPath {
@@ -178,8 +182,7 @@ impl Gateway {
         } = normalize(&parts, self.config.server.allow_path_parameters)?;
         // The published keys take precedence over every route and are never authenticated.
         let jwks = match_path == JWKS_PATH && matches!(parts.method, Method::GET | Method::HEAD);
-        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let route = (!jwks).then(|| self.match_route(&match_path, &parts.method, host_str));
+        let route = (!jwks).then(|| self.match_route(&match_path, &parts.method, host.as_ref()));
         // The line takes the path once matching is done (no copy per request).
         line.path = Some(match_path);
         let Some(route) = route else {
@@ -220,7 +223,7 @@ impl Gateway {
             line.client_id = str_claim(&verified.claims, "client_id").map(str::to_owned);
         }
         authorize(route, &principal)?;
-        let upgrade = is_upgrade(&parts);
+        let upgrade = is_websocket_upgrade(&parts);
         scrub::request_headers(
             &mut parts.headers,
             &self.scrub,
@@ -228,7 +231,7 @@ impl Gateway {
                 peer: conn.peer.ip(),
                 peer_value: &conn.peer_value,
                 scheme: conn.scheme,
-                host: host.as_ref(),
+                host: host.as_ref().map(Host::header_value),
                 upgrade,
             },
         );
@@ -243,9 +246,12 @@ impl Gateway {
                     .insert(self.config.identity.header.clone(), assertion);
             }
         }
-        if let (false, Some(h)) = (parts.headers.contains_key(header::HOST), host) {
-            // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstreams need `Host`.
-            parts.headers.insert(header::HOST, h);
+        if let Some(host) = host {
+            // The host the route was matched on, whatever spelling the client used (and HTTP/2
+            // carries it in `:authority`, while HTTP/1.1 upstreams need `Host`).
+            parts
+                .headers
+                .insert(header::HOST, host.header_value().clone());
         }
         let target = route
             .upstream
@@ -255,7 +261,10 @@ impl Gateway {
         let mut response = self.upstream.send(target, req).await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
-            Some(on_upgrade) if switching => forward::splice_upgrade(on_upgrade, &mut response),
+            Some(on_upgrade) if switching && forward::switched_to_websocket(&response) => {
+                forward::splice_upgrade(on_upgrade, &mut response)
+            }
+            // A switch nobody asked for, or to another protocol than the one asked for.
             _ if switching => return Err(Rejection::BadGateway),
             _ => {}
         }
@@ -267,7 +276,7 @@ impl Gateway {
         &self,
         path: &str,
         method: &Method,
-        host: Option<&str>,
+        host: Option<&Host>,
     ) -> Result<&Route, Rejection> {
         route::find(&self.config.routes, path, method, host).ok_or(Rejection::NoRoute)
     }

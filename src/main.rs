@@ -178,6 +178,7 @@ fn serve(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        server::raise_open_file_limit();
         let admin_addr = listeners.admin_addr().map(|a| a.to_string());
         tracing::info!(
             listen = %listeners.main_addr().map(|a| a.to_string()).unwrap_or_default(),

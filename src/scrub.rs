@@ -27,8 +27,10 @@ static FORWARDED: HeaderName = header::FORWARDED;
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static DPOP: HeaderName = HeaderName::from_static("dpop");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1 plus the legacy ones proxies still see.
+/// `HTTP2-Settings` belongs to the `h2c` upgrade (RFC 7540 §3.2.1), which is never forwarded.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
@@ -37,6 +39,54 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
+        || name == HTTP2_SETTINGS
+        || name == header::PROXY_AUTHORIZATION
+}
+
+/// Headers other authenticating proxies use to pass the user (oauth2-proxy, nginx
+/// `auth_request`, Apache, Traefik forward-auth): a backend moved from behind one of them may
+/// still trust them, so a client must never be able to send them. `name` is lower case with `_`
+/// read as `-`.
+fn is_other_proxy_user_header(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-user"
+            | "x-forwarded-email"
+            | "x-forwarded-groups"
+            | "x-forwarded-preferred-username"
+            | "x-forwarded-access-token"
+            | "remote-user"
+            | "x-remote-user"
+            | "x-real-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+    ) || name.starts_with("x-auth-request-")
+}
+
+/// Underscore spellings of headers the proxy itself sets or reads (`X_Forwarded_For`,
+/// `X_Request_Id`, `Proxy_Authorization`...): servers that map `_` to `-` would read them as the
+/// real thing, next to ours. `name` is lower case with `_` read as `-`.
+fn is_managed(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "forwarded"
+            | "x-request-id"
+            | "authorization"
+            | "proxy-authorization"
+            | "dpop"
+            | "host"
+            | "connection"
+            | "upgrade"
+            | "http2-settings"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "proxy-connection"
+    )
 }
 
 /// What to strip from requests, compiled from one configuration.
@@ -84,12 +134,15 @@ impl ScrubRules {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
-    /// Whether a request header name is one a client must never be able to send upstream.
+    /// Whether a request header name is one a client must never be able to send upstream: our
+    /// identity headers, the configured prefixes, other proxies' user headers, and any
+    /// underscore spelling of a header the proxy manages.
     fn is_spoofable(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         // Fast path: names without `_` are already canonical (HeaderName is lower-case).
+        let underscore = name.contains('_');
         let canon;
-        let name = if name.contains('_') {
+        let name = if underscore {
             canon = canonical(name);
             canon.as_str()
         } else {
@@ -97,6 +150,8 @@ impl ScrubRules {
         };
         self.identity_names.iter().any(|n| n == name)
             || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            || is_other_proxy_user_header(name)
+            || (underscore && is_managed(name))
     }
 }
 

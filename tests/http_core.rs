@@ -254,7 +254,8 @@ fn only<'a>(values: Vec<&'a str>, what: &str) -> &'a str {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn http1_request_reaches_upstream_as_http11_with_host_forwarded_headers_and_request_id() {
+async fn http1_request_reaches_upstream_as_http11_with_canonical_host_forwarded_headers_and_request_id(
+) {
     let upstream = WireUpstream::start().await;
     let proxy = Proxy::start(&catch_all(upstream.addr)).await;
 
@@ -271,9 +272,10 @@ async fn http1_request_reaches_upstream_as_http11_with_host_forwarded_headers_an
     let head = &heads[0];
     let request_line = head.lines().next().unwrap_or_default();
     assert_eq!(request_line, "GET /public/hello?x=1 HTTP/1.1");
+    // The canonical host the route was matched on, not the client's spelling.
     assert_eq!(
         only(head_values(head, "host"), "Host"),
-        "API.Example.com:8443"
+        "api.example.com:8443"
     );
     assert_eq!(
         only(head_values(head, "x-forwarded-for"), "XFF"),
@@ -282,7 +284,7 @@ async fn http1_request_reaches_upstream_as_http11_with_host_forwarded_headers_an
     assert_eq!(only(head_values(head, "x-forwarded-proto"), "XFP"), "http");
     assert_eq!(
         only(head_values(head, "x-forwarded-host"), "XFH"),
-        "API.Example.com:8443"
+        "api.example.com:8443"
     );
     let forwarded_id = only(head_values(head, "x-request-id"), "X-Request-Id");
     assert!(!forwarded_id.is_empty());

@@ -169,6 +169,7 @@ async fn main() {
             target: target.clone(),
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
+            max_connections: 1024,
             ca_file: None,
         };
         let client = Arc::new(UpstreamClient::new(&settings, &[]).unwrap_or_else(|e| {

@@ -6,7 +6,7 @@
 //! CIDRs, methods, hosts, route paths, `typ`. Claim names, scope tokens and regexes belong to
 //! policies and are checked by `crate::policy`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use http::header::HeaderName;
@@ -15,6 +15,7 @@ use http::{Method, Uri};
 use ipnet::IpNet;
 
 use super::model::{HostMatch, UpstreamTarget};
+use crate::route::host::Host;
 
 pub(super) fn no_controls(v: String) -> Result<String, String> {
     if v.chars().any(char::is_control) {
@@ -238,54 +239,21 @@ pub(super) fn method(text: &str) -> Result<Method, String> {
     Method::from_bytes(text.as_bytes()).map_err(|_| format!("{text:?} is not an HTTP method"))
 }
 
-/// A route `host`: a host name or IP (IPv6 in brackets), optionally with `:port`.
+/// A route `host`: a host name or IP (IPv6 in brackets), optionally with `:port`, canonicalized
+/// the way request hosts are (SPEC §3), so `Admin.Example.COM.` matches what requests send.
 pub(super) fn host_match(text: &str) -> Result<HostMatch, String> {
-    let bad = || {
-        format!("{text:?} is not a host: expected a name with an optional port, such as \"api.example.com\" or \"api.example.com:8443\"")
-    };
     if text.contains('*') {
         return Err(format!(
             "{text:?}: wildcards are not supported; give one host per route"
         ));
     }
-    let (name, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
-        inner.parse::<Ipv6Addr>().map_err(|_| bad())?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
-        };
-        (&text[..inner.len() + 2], port)
-    } else {
-        match text.split_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (text, None),
-        }
-    };
-    let port = port
-        .map(|p| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad))
-        .transpose()?;
-    if !name.starts_with('[') && !is_hostname(name) {
-        return Err(bad());
-    }
+    let host = Host::parse(text).map_err(|_| {
+        format!("{text:?} is not a host: expected a name with an optional port, such as \"api.example.com\" or \"api.example.com:8443\"")
+    })?;
     Ok(HostMatch {
-        name: name.to_ascii_lowercase(),
-        port,
+        name: host.name().to_owned(),
+        port: host.port(),
     })
-}
-
-pub(super) fn is_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 /// A route `path`/`path_prefix` must be written the way request paths look after normalization

@@ -84,6 +84,19 @@ fn server(ctx: &mut Ctx<'_>, raw: Option<raw::RawServer>, p: &KeyPath) -> Checke
         Duration::from_secs(10),
         Zero::Rejected,
     );
+    let idle_timeout = ctx.duration(
+        raw.idle_timeout,
+        &at("idle_timeout"),
+        Duration::from_secs(60),
+        Zero::Rejected,
+    );
+    let max_concurrent_streams = ctx.count(
+        raw.max_concurrent_streams,
+        &at("max_concurrent_streams"),
+        100,
+        1,
+        i64::from(u32::MAX),
+    );
     let prefixes = raw.strip_header_prefixes.unwrap_or_default();
     let strip = all(prefixes
         .iter()
@@ -126,6 +139,8 @@ fn server(ctx: &mut Ctx<'_>, raw: Option<raw::RawServer>, p: &KeyPath) -> Checke
         max_header_bytes: max_header_bytes?,
         max_token_bytes: max_token_bytes?,
         header_read_timeout: header_read_timeout?,
+        idle_timeout: idle_timeout?,
+        max_concurrent_streams: u32::try_from(max_concurrent_streams?).unwrap_or(u32::MAX),
         strip_header_prefixes: strip?,
         trusted_proxies: trusted?,
         public_base_url: public_base_url?,
@@ -195,11 +210,19 @@ fn upstream(ctx: &mut Ctx<'_>, raw: Option<raw::RawUpstream>, p: &KeyPath) -> Ch
         Duration::from_secs(60),
         Zero::Rejected,
     );
+    let max_connections = ctx.count(
+        raw.max_connections,
+        &p.key("max_connections"),
+        1024,
+        1,
+        i64::MAX,
+    );
     let ca_file = ctx.opt_file(raw.ca_file, &p.key("ca_file"), FileKind::Certificates);
     Ok(Upstream {
         target: Arc::new(url?),
         connect_timeout: connect_timeout?,
         timeout: timeout?,
+        max_connections: max_connections?,
         ca_file: ca_file?,
     })
 }

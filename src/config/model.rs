@@ -13,6 +13,8 @@ use http::header::HeaderName;
 use http::Method;
 use ipnet::IpNet;
 
+use crate::route::host::Host;
+
 /// One complete, immutable configuration generation. A reload builds a new one and swaps it in.
 #[derive(Debug)]
 pub struct Config {
@@ -34,7 +36,13 @@ pub struct Server {
     pub realm: String,
     pub max_header_bytes: usize,
     pub max_token_bytes: usize,
+    /// From accept to a complete request head (TLS handshake and protocol detection included),
+    /// and between requests on an HTTP/1.1 connection.
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection without an open stream for this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients.
+    pub max_concurrent_streams: u32,
     /// Lower-cased, with `_` replaced by `-`, so a request header name normalized the same way can
     /// be compared with `starts_with`.
     pub strip_header_prefixes: Vec<String>,
@@ -65,6 +73,8 @@ pub struct Upstream {
     pub target: Arc<UpstreamTarget>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Connections per upstream origin, busy or idle.
+    pub max_connections: usize,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -265,34 +275,15 @@ impl PathMatch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostMatch {
-    /// Lower-cased host name without port.
+    /// The canonical host name without port (`crate::route::host`).
     pub name: String,
     /// Only compared when the rule names a port.
     pub port: Option<u16>,
 }
 
 impl HostMatch {
-    /// `host` is the request's `Host` / `:authority` value as received.
-    pub fn matches(&self, host: &str) -> bool {
-        let (name, port) = split_host_port(host);
-        name.eq_ignore_ascii_case(&self.name) && (self.port.is_none() || self.port == port)
-    }
-}
-
-/// Splits `host[:port]` (IPv6 literals in brackets) without allocating.
-pub fn split_host_port(host: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            let port = rest[end + 1..]
-                .strip_prefix(':')
-                .and_then(|p| p.parse().ok());
-            return (&host[..end + 2], port);
-        }
-        return (host, None);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) => (name, port.parse().ok()),
-        None => (host, None),
+    pub fn matches(&self, host: &Host) -> bool {
+        host.name() == self.name && (self.port.is_none() || self.port == host.port())
     }
 }
 
@@ -318,9 +309,13 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn matches(&self, path: &str, method: &Method, host: Option<&str>) -> bool {
+    pub fn matches(&self, path: &str, method: &Method, host: Option<&Host>) -> bool {
         self.path.matches(path)
-            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self.methods.as_ref().is_none_or(|m| {
+                // A HEAD is a GET without the body (RFC 9110 §9.3.2): it must never fall through
+                // to a later route.
+                m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+            })
             && self
                 .host
                 .as_ref()

@@ -40,6 +40,8 @@ pub struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub max_token_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_concurrent_streams: Option<i64>,
     pub strip_header_prefixes: Option<Vec<String>>,
     pub trusted_proxies: Option<Vec<String>>,
     pub public_base_url: Option<String>,
@@ -69,6 +71,7 @@ pub struct RawUpstream {
     pub url: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub ca_file: Option<String>,
 }
 
@@ -246,6 +249,8 @@ const SERVER: &[(&str, Shape)] = &[
     ("max_header_bytes", Leaf),
     ("max_token_bytes", Leaf),
     ("header_read_timeout", Leaf),
+    ("idle_timeout", Leaf),
+    ("max_concurrent_streams", Leaf),
     ("strip_header_prefixes", Leaf),
     ("trusted_proxies", Leaf),
     ("public_base_url", Leaf),
@@ -261,6 +266,7 @@ const UPSTREAM: &[(&str, Shape)] = &[
     ("url", Leaf),
     ("connect_timeout", Leaf),
     ("timeout", Leaf),
+    ("max_connections", Leaf),
     ("ca_file", Leaf),
 ];
 

@@ -455,7 +455,7 @@ auth = "public"
             "t.toml:2: server.listen: invalid listen address \"nowhere\": expected ip:port such as \"0.0.0.0:8080\" or \"[::1]:8080\"",
             "t.toml:3: server.max_connections: invalid type: string \"many\", expected an integer",
             "t.toml:4: server.header_read_timeout: invalid duration \"10x\": expected a number followed by ms, s, m or h",
-            "t.toml:5: server.colour: unknown key (expected one of: listen, realm, max_header_bytes, max_token_bytes, header_read_timeout, strip_header_prefixes, trusted_proxies, public_base_url, allow_path_parameters, max_connections, shutdown_grace, tls)",
+            "t.toml:5: server.colour: unknown key (expected one of: listen, realm, max_header_bytes, max_token_bytes, header_read_timeout, idle_timeout, max_concurrent_streams, strip_header_prefixes, trusted_proxies, public_base_url, allow_path_parameters, max_connections, shutdown_grace, tls)",
             "t.toml:7: upstream.url: \"http://127.0.0.1:3000/api\" has a path; give an origin such as \"http://127.0.0.1:3000\" (the request path is forwarded as is)",
             "t.toml:8: route[0]: a route needs path or path_prefix",
         ]
@@ -1506,10 +1506,11 @@ fn orders_api_example_enforces_its_documented_policies() {
     assert_eq!(ids, ["health", "orders-read", "orders-write", "admin"]);
     assert!(c.issuers[0].issuer.starts_with("https://"));
     assert_eq!(c.issuers[0].audiences, ["orders-api"]);
+    let host = crate::route::host::Host::parse("api.example.com").unwrap();
     let route = |path: &str, method: http::Method| {
         c.routes
             .iter()
-            .find(|r| r.matches(path, &method, Some("api.example.com")))
+            .find(|r| r.matches(path, &method, Some(&host)))
             .map(|r| (&*r.id, &r.policy))
     };
     let decide = |path: &str, method: http::Method, value: serde_json::Value| {

@@ -10,6 +10,12 @@
 //! Kept from the legacy client: idle connections expire (after 60-90 s); a request that
 //! an idle connection could not even start to send (the upstream had just closed it) is retried
 //! on another connection; `Host` is set from the upstream when the request has none.
+//!
+//! Bounded: every connection, busy or idle, holds one of `[upstream].max_connections` permits for
+//! its whole life (the permit lives in the task that drives it). A request that finds no idle
+//! connection and no free permit waits for either, up to `connect_timeout`, and then fails with
+//! [`SendError::Saturated`] (503): a slow upstream cannot make the proxy exhaust its own file
+//! descriptors and lock every client out.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -26,6 +32,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::config::UpstreamTarget;
@@ -38,6 +45,21 @@ const IDLE_TICKS: u64 = 3;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// Every connection is busy and `max_connections` is reached: nothing was sent.
+    Saturated,
+    /// Connecting or the exchange failed.
+    Failed(BoxError),
+}
+
+impl<E: Into<BoxError>> From<E> for SendError {
+    fn from(error: E) -> Self {
+        SendError::Failed(error.into())
+    }
+}
+
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
@@ -49,6 +71,19 @@ pub struct Pool {
     /// Reaper ticks so far.
     ticks: AtomicU64,
     reaper: Once,
+    /// One permit per open connection.
+    slots: Arc<Semaphore>,
+    /// Woken when a connection goes back to `idle`, for requests waiting for one.
+    returned: Notify,
+    /// How long a request waits for a connection when all are busy.
+    wait: Duration,
+}
+
+/// A connection found for a request: a reused one (a failed first write may be retried) or a
+/// fresh one.
+enum Slot {
+    Idle(SendRequest<Incoming>),
+    New(SendRequest<Incoming>),
 }
 
 struct Idle {
@@ -75,6 +110,8 @@ impl Pool {
     pub fn new(
         target: &UpstreamTarget,
         connector: HttpsConnector<HttpConnector>,
+        max_connections: usize,
+        wait: Duration,
     ) -> Result<Self, String> {
         let origin = Uri::builder()
             .scheme(target.scheme.clone())
@@ -100,6 +137,9 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             ticks: AtomicU64::new(0),
             reaper: Once::new(),
+            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            returned: Notify::new(),
+            wait,
         })
     }
 
@@ -107,7 +147,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, BoxError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
@@ -115,7 +155,10 @@ impl Pool {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 // Boxed: the rare path should not grow every request's future.
-                None => (Box::pin(self.connect()).await?, false),
+                None => match Box::pin(self.connection()).await? {
+                    Slot::Idle(sender) => (sender, true),
+                    Slot::New(sender) => (sender, false),
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.body_returns(sender, response)),
@@ -123,9 +166,36 @@ impl Pool {
                     // Not a byte was written: the idle connection had been closed. Each retry
                     // uses up one idle connection, and a fresh one is never retried.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(error.into_error().into()),
+                    _ => return Err(SendError::Failed(error.into_error().into())),
                 },
             }
+        }
+    }
+
+    /// A connection for a request that found none idle: a new one while a permit is free, else
+    /// the first one handed back or the first permit released, until `wait` runs out.
+    async fn connection(self: &Arc<Self>) -> Result<Slot, SendError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            // Registered before looking, so a connection returned in between is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(sender) = self.checkout() {
+                return Ok(Slot::Idle(sender));
+            }
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    _ = returned => continue,
+                    permit = self.slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return Err(SendError::Saturated),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => return Err(SendError::Saturated),
+                },
+            };
+            return Ok(Slot::New(self.connect(permit).await?));
         }
     }
 
@@ -141,7 +211,10 @@ impl Pool {
         None
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Incoming>, BoxError> {
+    async fn connect(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<Incoming>, BoxError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.origin.clone()).await?;
@@ -150,6 +223,8 @@ impl Pool {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended");
             }
+            // The socket is closed: its slot is free for another connection.
+            drop(permit);
         });
         self.reaper.call_once(|| {
             tokio::spawn(reap(Arc::downgrade(self)));
@@ -181,6 +256,8 @@ impl Pool {
             let mut idle = self.lock();
             prune(&mut idle, now);
             idle.push_back(Idle { sender, since: now });
+            drop(idle);
+            self.returned.notify_one();
         } else if !sender.is_closed() {
             // The response ended before the request body did (an upstream that answers early):
             // the connection is reusable once the rest of the request has been sent.

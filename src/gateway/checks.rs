@@ -2,12 +2,13 @@
 //! hyper's HTTP/1 parser lets through, the exact head-size limit, the one host the client
 //! addressed, the normalized path, and whether it asks for a protocol upgrade.
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::request::Parts;
 use http::{Method, Version};
 
 use super::ConnInfo;
 use crate::rejection::Rejection;
+use crate::route::host::Host;
 use crate::route::{self, normalize::NormalizedPath};
 
 /// Phase 0 (SPEC §4.0): what hyper's HTTP/1 parser lets through but a proxy must not.
@@ -62,31 +63,52 @@ pub(super) fn check_head_size(parts: &Parts, max: usize) -> Result<(), Rejection
     }
 }
 
-/// The host the client addressed: `:authority` for HTTP/2, the single `Host` header for HTTP/1.1
-/// (missing or repeated → 400, RFC 9112 §3.2). A `Host` value is shared, not copied.
-pub(super) fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, Rejection> {
+/// The host the client addressed, canonical (SPEC §3): `:authority` for HTTP/2, the single
+/// `Host` header for HTTP/1.1 (missing or repeated → 400, RFC 9112 §3.2). Over HTTP/2 a `host`
+/// header that names another host than `:authority` → 400 (RFC 9113 §8.3.1): routing and the
+/// upstream must never see two different hosts.
+pub(super) fn request_host(parts: &Parts) -> Result<Option<Host>, Rejection> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
         return Err(Rejection::bad_request("several Host headers"));
     }
+    let header_host = first
+        .map(|value| {
+            Host::from_header(value).map_err(|_| Rejection::bad_request("invalid Host header"))
+        })
+        .transpose()?;
     if parts.version >= Version::HTTP_2 {
         if let Some(authority) = parts.uri.authority() {
-            return HeaderValue::from_str(authority.as_str())
-                .map(Some)
-                .map_err(|_| Rejection::bad_request("invalid :authority"));
+            let authority = Host::parse(authority.as_str())
+                .map_err(|_| Rejection::bad_request("invalid :authority"))?;
+            if header_host.as_ref().is_some_and(|h| *h != authority) {
+                return Err(Rejection::bad_request(
+                    "the host header differs from :authority",
+                ));
+            }
+            return Ok(Some(authority));
         }
     }
-    match first {
-        Some(value) => match value.to_str() {
-            Ok(host) if !host.is_empty() => Ok(Some(value.clone())),
-            _ => Err(Rejection::bad_request("invalid Host header")),
-        },
-        None if parts.version == Version::HTTP_11 => Err(Rejection::bad_request(
-            "HTTP/1.1 requests need a Host header",
-        )),
+    match header_host {
+        Some(host) => Ok(Some(host)),
+        None if parts.version >= Version::HTTP_11 => {
+            Err(Rejection::bad_request("a Host header is required"))
+        }
         None => Ok(None),
     }
+}
+
+/// RFC 9110 §9.1: methods are case-sensitive, and every standard one is upper case. A method
+/// with a lower-case letter (`delete`, `Get`) is refused rather than routed: a route for `DELETE`
+/// must never be skipped for a request that an upstream framework upper-cases before dispatching.
+pub(super) fn check_method(method: &Method) -> Result<(), Rejection> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Rejection::bad_request(
+            "methods are case-sensitive and must be upper case",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn normalize(
@@ -97,10 +119,22 @@ pub(super) fn normalize(
         .map_err(|e| Rejection::bad_request(e.description()))
 }
 
-/// An HTTP/1.1 protocol upgrade request (WebSocket): `Upgrade` plus `Connection: upgrade`.
-pub(super) fn is_upgrade(parts: &Parts) -> bool {
+/// A WebSocket upgrade request (RFC 6455 §4.1): HTTP/1.1 `GET` with `Upgrade: websocket` as the
+/// one protocol and `Connection: upgrade`. It is the only protocol switch ever tunnelled: `h2c`,
+/// TLS or any other token would hand the client a raw connection to the upstream, past every
+/// later policy check, so such a request is forwarded as a plain one (its `Upgrade` is removed).
+pub(super) fn is_websocket_upgrade(parts: &Parts) -> bool {
+    let mut upgrades = parts.headers.get_all(header::UPGRADE).iter();
+    let only_websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(value), None) => value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
     parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
+        && parts.method == Method::GET
+        && only_websocket
         && parts
             .headers
             .get_all(header::CONNECTION)

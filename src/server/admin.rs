@@ -1,53 +1,25 @@
 //! The admin listener (SPEC §7): health, readiness, and later metrics and the identity JWKS.
 //! It never proxies; any other path is 404.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use super::SharedGateway;
+use super::{Handler, SharedGateway};
+use crate::gateway::ConnInfo;
 
-pub async fn serve(
-    listener: TcpListener,
-    gateway: SharedGateway,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((tcp, _peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let gateway = gateway.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(answer(&gateway, &req)) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .into_owned();
-        let watched = graceful.watcher().watch(connection);
-        tokio::spawn(async move {
-            let _ = watched.await;
-        });
+/// The admin listener's handler: reads the current gateway generation, never proxies.
+#[derive(Clone)]
+pub(super) struct Admin(pub(super) SharedGateway);
+
+impl Handler for Admin {
+    type Body = Full<Bytes>;
+
+    async fn handle(&self, _conn: &ConnInfo, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        answer(&self.0, &req)
     }
 }
 

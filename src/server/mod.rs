@@ -1,40 +1,83 @@
-//! Listeners and connections: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one socket, a cap on
-//! concurrent connections, slow-client cut-off, and graceful shutdown.
+//! Listeners and connections: HTTP/1.1 and HTTP/2 (h2c prior knowledge, TLS ALPN) on one socket,
+//! a cap on concurrent connections, deadlines for slow and idle clients (`conn.rs`), and graceful
+//! shutdown.
 //!
 //! `run` takes the shutdown trigger as a future (the mini-redis way), so tests pass a oneshot
-//! and `main` passes SIGTERM/SIGINT. Each connection task holds a `GracefulShutdown` watcher: on
-//! shutdown the accept loops stop, in-flight requests finish (up to `shutdown_grace`), idle
-//! HTTP/1 connections close and HTTP/2 ones get GOAWAY.
+//! and `main` passes SIGTERM/SIGINT. Shutdown has two steps, broadcast to every connection on a
+//! `watch` channel: `Draining` (the accept loops stop; idle connections close, HTTP/2 ones get
+//! GOAWAY; in-flight requests finish) and, after `shutdown_grace`, `CutOff` (whatever is left is
+//! dropped). Each connection task holds a clone of an mpsc sender, so "every connection is done"
+//! is the receiver seeing all senders dropped.
+//!
+//! The main and the admin listener share the accept loop (`accept_loop`): connection cap,
+//! accept-error backoff and logging; they differ in the [`Handler`] that answers requests.
 
 pub mod admin;
+mod conn;
 pub mod framing_guard;
+mod rewind;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::gateway::{ConnInfo, Gateway};
-use framing_guard::{FramingGuard, HeadFlags};
+use crate::gateway::{ConnInfo, Gateway, ProxyBody};
+use conn::ConnSettings;
 
-/// hyper needs its read buffer to be at least this large.
-const HYPER_MIN_BUF: usize = 8192;
+/// Connections the admin listener serves at once (probes and scrapes need few).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// How long an accept loop pauses after a failed `accept` (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where a server is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// No new connections; idle ones close, in-flight requests finish.
+    Draining,
+    /// `shutdown_grace` is over: every remaining connection is dropped.
+    CutOff,
+}
+
+/// What answers the requests of a listener.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Body: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static;
+
+    fn handle(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// The main listener: every request goes through the current gateway generation.
+#[derive(Clone)]
+struct Proxy(SharedGateway);
+
+impl Handler for Proxy {
+    type Body = ProxyBody;
+
+    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        // A reload swaps the generation; this request keeps the one it started with.
+        let gateway = self.0.load_full();
+        gateway.handle(conn, req).await
+    }
+}
 
 /// The sockets and TLS setup, made before anything else starts so that a port in use or an
 /// unusable certificate fails the start (exit 1). Read at start only; a reload keeps them.
@@ -80,222 +123,125 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 
 /// Serves until `shutdown` resolves, then drains (up to `shutdown_grace`) and returns.
 pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Future<Output = ()>) {
-    let settings = {
+    let (settings, admin_settings, grace, max_connections) = {
         let g = gateway.load();
-        ConnSettings::new(&g.config.server, listeners.tls)
+        let server = &g.config.server;
+        (
+            Arc::new(ConnSettings::new(server, listeners.tls)),
+            // `[server.tls]` is for clients; probes and scrapes talk plain HTTP to the admin port.
+            Arc::new(ConnSettings::new(server, None)),
+            server.shutdown_grace,
+            server.max_connections,
+        )
     };
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
     let main = tokio::spawn(accept_loop(
+        "main",
         listeners.main,
+        Limits::new(max_connections),
         settings.clone(),
-        graceful.clone(),
-        stop_rx.clone(),
-        gateway.clone(),
+        Proxy(gateway.clone()),
+        phase.clone(),
+        alive.clone(),
     ));
     let admin = listeners.admin.map(|listener| {
-        tokio::spawn(admin::serve(
+        tokio::spawn(accept_loop(
+            "admin",
             listener,
-            gateway.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
+            Limits::new(ADMIN_MAX_CONNECTIONS),
+            admin_settings,
+            admin::Admin(gateway.clone()),
+            phase.clone(),
+            alive.clone(),
         ))
     });
+    drop(alive);
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
-    let _ = stop_tx.send(true);
+    let _ = phase_tx.send(Phase::Draining);
     let _ = main.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    // Both accept loops have returned, so this is the last handle.
-    let drained = async move {
-        match Arc::try_unwrap(graceful) {
-            Ok(graceful) => graceful.shutdown().await,
-            Err(_) => std::future::pending().await,
-        }
-    };
     tokio::select! {
-        _ = drained => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(settings.shutdown_grace) => {
-            tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace elapsed; cutting off remaining requests");
+        _ = all_done.recv() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "shutdown grace elapsed; cutting off remaining requests");
+            let _ = phase_tx.send(Phase::CutOff);
+            // Dropped connections end their tasks promptly.
+            let _ = tokio::time::timeout(Duration::from_secs(1), all_done.recv()).await;
         }
     }
 }
 
-/// Connection-level settings, read from the configuration at start (listeners are not reloaded).
-#[derive(Clone)]
-struct ConnSettings {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    header_read_timeout: Duration,
-    limit: Arc<Semaphore>,
-    shutdown_grace: Duration,
-    /// `Some` when `[server.tls]` is configured: every connection is TLS.
-    tls: Option<TlsAcceptor>,
+/// The connection cap of one listener.
+struct Limits {
+    connections: Arc<Semaphore>,
 }
 
-impl ConnSettings {
-    fn new(server: &crate::config::Server, tls: Option<TlsAcceptor>) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // The exact `max_header_bytes` check happens in the gateway (with a JSON 431); hyper's
-        // buffer limit is looser and only stops heads that would never fit.
-        let buf = (server.max_header_bytes * 2).max(HYPER_MIN_BUF);
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .max_buf_size(buf);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
-        ConnSettings {
-            builder: Arc::new(builder),
-            header_read_timeout: server.header_read_timeout,
-            limit: Arc::new(Semaphore::new(server.max_connections)),
-            shutdown_grace: server.shutdown_grace,
-            tls,
+impl Limits {
+    fn new(max: usize) -> Self {
+        Limits {
+            connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
         }
     }
 }
 
-async fn accept_loop(
+/// Accepts connections until the server drains. A connection over the cap is closed at once,
+/// never queued (SPEC §3 `max_connections`).
+async fn accept_loop<H: Handler>(
+    name: &'static str,
     listener: TcpListener,
-    settings: ConnSettings,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-    gateway: SharedGateway,
+    limits: Limits,
+    settings: Arc<ConnSettings>,
+    handler: H,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = phase.wait_for(|p| *p != Phase::Serving) => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tracing::warn!(listener = name, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let Ok(permit) = settings.limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "max_connections reached; closing new connection");
+        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+            tracing::warn!(listener = name, %peer, "max_connections reached; closing new connection");
             drop(tcp);
             continue;
         };
-        let settings = settings.clone();
-        let gateway = gateway.clone();
-        let watcher = graceful.watcher();
-        let stop = stop.clone();
+        let (settings, handler, phase, alive) = (
+            settings.clone(),
+            handler.clone(),
+            phase.clone(),
+            alive.clone(),
+        );
         tokio::spawn(async move {
-            serve_tcp(tcp, peer, settings, watcher, gateway, stop).await;
+            conn::serve(tcp, peer, settings, handler, phase).await;
             drop(permit);
+            drop(alive);
         });
     }
 }
 
-async fn serve_tcp(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    settings: ConnSettings,
-    graceful: hyper_util::server::graceful::Watcher,
-    gateway: SharedGateway,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let deadline = settings.header_read_timeout;
-    // Until a first request starts, a connection is idle: shutdown closes it at once instead of
-    // waiting for its deadline.
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopping);
-    if let Some(acceptor) = settings.tls.clone() {
-        // Boxed: a TLS stream is large, and plain connections should not carry its size.
-        let tls = serve_tls(acceptor, tcp, peer, stopping, &settings, graceful, gateway);
-        Box::pin(tls).await;
-        return;
-    }
-    // hyper-util's auto builder sniffs the protocol without a deadline, so a client that sends
-    // nothing would hold the connection forever: wait for a first byte ourselves.
-    let mut probe = [0u8; 1];
-    let first_byte = tokio::time::timeout(deadline, tcp.peek(&mut probe));
-    tokio::select! {
-        _ = &mut stopping => return,
-        result = first_byte => match result {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => {
-                tracing::debug!(%peer, "client sent nothing; closing");
-                return;
-            }
-        },
-    }
-    serve_io(
-        tcp,
-        ConnInfo::new(peer, "http", None),
-        &settings,
-        graceful,
-        gateway,
-    )
-    .await;
-}
-
-/// The TLS handshake (with the same deadline as a request head), then HTTP over it.
-async fn serve_tls(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    stopping: Pin<&mut impl Future<Output = ()>>,
-    settings: &ConnSettings,
-    graceful: hyper_util::server::graceful::Watcher,
-    gateway: SharedGateway,
-) {
-    let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp));
-    let tls = tokio::select! {
-        _ = stopping => return,
-        result = handshake => match result {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        },
-    };
-    let conn =
-        ConnInfo::new(peer, "https", None).with_client_cert(tls::client_cert_thumbprint(&tls));
-    serve_io(tls, conn, settings, graceful, gateway).await;
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on an established stream, behind the framing guard.
-async fn serve_io<IO>(
-    io: IO,
-    conn: ConnInfo,
-    settings: &ConnSettings,
-    graceful: hyper_util::server::graceful::Watcher,
-    gateway: SharedGateway,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = conn.peer;
-    let flags = Arc::new(HeadFlags::default());
-    let conn = Arc::new(conn.with_head_flags(flags.clone()));
-    let io = TokioIo::new(FramingGuard::new(io, flags));
-    let service = service_fn(move |req: Request<Incoming>| {
-        let gateway = gateway.load_full();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(&conn, req).await) }
-    });
-    let connection = settings
-        .builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
-    if let Err(error) = graceful.watch(connection).await {
-        tracing::debug!(%peer, error = %error, "connection ended with an error");
+/// Raises the soft open-file limit to the hard one (as nginx's `worker_rlimit_nofile` and Envoy's
+/// start scripts do), so `max_connections` client sockets plus the upstream pools fit, and logs
+/// both numbers. A failure is logged and start goes on with the limit as it is.
+pub fn raise_open_file_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok((soft, hard)), Ok(raised)) => {
+            tracing::info!(soft = raised, hard, was = soft, "open-file limit");
+        }
+        (_, Err(error)) | (Err(error), _) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+        }
     }
 }
