@@ -57,6 +57,14 @@ fn warn_about_start_only_settings(old: &Config, new: &Config) {
             old.server.header_read_timeout != new.server.header_read_timeout,
         ),
         (
+            "server.idle_timeout",
+            old.server.idle_timeout != new.server.idle_timeout,
+        ),
+        (
+            "server.max_concurrent_streams",
+            old.server.max_concurrent_streams != new.server.max_concurrent_streams,
+        ),
+        (
             "server.max_connections",
             old.server.max_connections != new.server.max_connections,
         ),
