@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod extract;
 pub mod fetch;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

@@ -8,7 +8,10 @@
 //! - `/userinfo` (Bearer): JSON per token, a default, or `{"sub": <the token's sub>, …}`; a
 //!   configurable delay, status, revoked tokens and a signed (`application/jwt`) mode;
 //! - `/introspect` (POST form, RFC 7662): answers per token, `{"active": false}` otherwise, with
-//!   client authentication (Basic or form) checked against [`INTROSPECTION_CLIENT`].
+//!   client authentication (Basic or form) checked against [`INTROSPECTION_CLIENT`] (or other
+//!   credentials, and one required method: [`IntrospectionAuth`]); a configurable delay and
+//!   failure ([`IntrospectionFailure`]: a status, a hang, any body); every request is recorded
+//!   ([`MockIssuer::introspection_requests`]).
 //!
 //! Behaviour is changed through [`Settings`] ([`MockIssuer::configure`]), or the shortcuts
 //! [`MockIssuer::set_down`] (every endpoint 503), [`MockIssuer::set_jwks_mode`] and
@@ -64,6 +67,40 @@ pub enum JwksMode {
     Garbage,
     /// 200 with exactly this body.
     Body(String),
+}
+
+/// Which client authentication `/introspect` accepts (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IntrospectionAuth {
+    /// HTTP Basic, or `client_id`/`client_secret` in the form.
+    #[default]
+    Any,
+    /// Only HTTP Basic (`client_secret_basic`).
+    Basic,
+    /// Only the form members, and no `Authorization` header (`client_secret_post`).
+    Post,
+}
+
+/// How `/introspect` fails, for every request, before looking at credentials.
+#[derive(Debug, Clone)]
+pub enum IntrospectionFailure {
+    /// This status with a JSON error body.
+    Status(u16),
+    /// Never answers (an hour; the caller's timeout ends it).
+    Hang,
+    /// 200 `application/json` with exactly this body.
+    Body(String),
+}
+
+/// One request `/introspect` received, as it arrived (credentials decoded).
+#[derive(Debug, Clone)]
+pub struct IntrospectionRequest {
+    pub method: String,
+    pub content_type: Option<String>,
+    /// (client id, secret) from an `Authorization: Basic` header, form-urldecoded.
+    pub basic: Option<(String, String)>,
+    /// The form members, decoded.
+    pub form: HashMap<String, String>,
 }
 
 /// The four private keys of one generation, `kid` set.
@@ -165,6 +202,14 @@ pub struct Settings {
     pub revoked: HashSet<String>,
     /// `/introspect` answers per token (others: `{"active": false}`).
     pub introspection: HashMap<String, Value>,
+    /// Which client authentication `/introspect` accepts.
+    pub introspection_auth: IntrospectionAuth,
+    /// `Some`: the (client id, secret) `/introspect` accepts instead of [`INTROSPECTION_CLIENT`].
+    pub introspection_client: Option<(String, String)>,
+    /// Waited before every `/introspect` answer.
+    pub introspection_delay: Duration,
+    /// `Some`: every `/introspect` request fails this way.
+    pub introspection_failure: Option<IntrospectionFailure>,
 }
 
 struct State {
@@ -173,6 +218,7 @@ struct State {
     generation: u32,
     keys: Arc<Keys>,
     hits: HashMap<String, usize>,
+    introspection_requests: Vec<IntrospectionRequest>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -209,6 +255,7 @@ impl MockIssuer {
             generation: 1,
             keys: Arc::new(Keys::generate(1)),
             hits: HashMap::new(),
+            introspection_requests: Vec::new(),
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -260,6 +307,33 @@ impl MockIssuer {
     /// How many requests reached `path` (query excluded), whatever was answered.
     pub fn hits(&self, path: &str) -> usize {
         lock(&self.state).hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// `/introspect` answers `{"active": true}` plus `members` for `token` from now on.
+    pub fn activate(&self, token: &str, members: Value) {
+        let mut answer = object(json!({"active": true}));
+        merge(&mut answer, members);
+        let answer = Value::Object(answer);
+        self.configure(|s| {
+            s.introspection.insert(token.to_owned(), answer);
+        });
+    }
+
+    /// `/introspect` answers `{"active": false}` for `token` from now on.
+    pub fn deactivate(&self, token: &str) {
+        self.configure(|s| {
+            s.introspection.remove(token);
+        });
+    }
+
+    /// How many requests reached `/introspect`, whatever was answered.
+    pub fn introspection_calls(&self) -> usize {
+        self.hits("/introspect")
+    }
+
+    /// Every request `/introspect` received while not `down`, oldest first.
+    pub fn introspection_requests(&self) -> Vec<IntrospectionRequest> {
+        lock(&self.state).introspection_requests.clone()
     }
 
     /// Replaces the four keys with new ones (new kids); the old ones are no longer published.
@@ -539,10 +613,16 @@ fn token_sub(token: &str) -> Option<String> {
 }
 
 async fn introspect(state: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let basic = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+    let method = req.method().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type");
+    let basic = header("authorization")
+        .as_deref()
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok());
@@ -558,17 +638,57 @@ async fn introspect(state: &Shared, req: Request<Incoming>) -> Response<Full<Byt
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (form_decode(k), form_decode(v)))
         .collect();
+    let (delay, failure, auth, client, answer) = {
+        let mut state = lock(state);
+        state.introspection_requests.push(IntrospectionRequest {
+            method,
+            content_type,
+            basic: basic.clone(),
+            form: form.clone(),
+        });
+        let s = &state.settings;
+        let (id, secret) = INTROSPECTION_CLIENT;
+        let client = s
+            .introspection_client
+            .clone()
+            .unwrap_or_else(|| (id.to_owned(), secret.to_owned()));
+        let answer = form.get("token").map(|t| s.introspection.get(t).cloned());
+        let failure = s.introspection_failure.clone();
+        (
+            s.introspection_delay,
+            failure,
+            s.introspection_auth,
+            client,
+            answer,
+        )
+    };
+    tokio::time::sleep(delay).await;
+    match failure {
+        Some(IntrospectionFailure::Status(status)) => {
+            return json_answer(status, &json!({"error": "server_error"}))
+        }
+        Some(IntrospectionFailure::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return json_answer(503, &json!({"error": "temporarily_unavailable"}));
+        }
+        Some(IntrospectionFailure::Body(body)) => return respond(200, "application/json", body),
+        None => {}
+    }
     let field = |name: &str| form.get(name).cloned();
-    let credentials = basic.or_else(|| Some((field("client_id")?, field("client_secret")?)));
-    let (id, secret) = INTROSPECTION_CLIENT;
-    if credentials != Some((id.to_owned(), secret.to_owned())) {
+    let posted = || Some((field("client_id")?, field("client_secret")?));
+    let credentials = match auth {
+        IntrospectionAuth::Any => basic.or_else(posted),
+        IntrospectionAuth::Basic => basic,
+        IntrospectionAuth::Post if basic.is_some() => None,
+        IntrospectionAuth::Post => posted(),
+    };
+    if credentials != Some(client) {
         return json_answer(401, &json!({"error": "invalid_client"}));
     }
-    let Some(token) = form.get("token") else {
-        return json_answer(400, &json!({"error": "invalid_request"}));
-    };
-    let answer = lock(state).settings.introspection.get(token).cloned();
-    json_answer(200, &answer.unwrap_or_else(|| json!({"active": false})))
+    match answer {
+        None => json_answer(400, &json!({"error": "invalid_request"})),
+        Some(answer) => json_answer(200, &answer.unwrap_or_else(|| json!({"active": false}))),
+    }
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
