@@ -5,6 +5,7 @@
 //!
 //! `cargo bench --bench crypto` (add `-- --quick` for a shorter run). `bench/run.sh` reads the
 //! middle estimate of each `time:` line and compares it with the end-to-end added CPU per request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 use std::hint::black_box;
 use std::time::Duration;

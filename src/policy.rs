@@ -20,7 +20,7 @@ use regex::Regex;
 use serde_json::{Number, Value};
 
 use crate::config::raw;
-use crate::identity::headers::ClaimPath;
+use crate::token::claims::ClaimPath;
 use crate::token::claims::Claims;
 
 /// A route's compiled policy: its own scopes and claim rules, plus any_of alternatives.

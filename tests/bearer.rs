@@ -2,6 +2,7 @@
 //! grammar, what counts as "no token", `max_token_bytes`, and how `required`, `optional` and
 //! `public` routes treat a credential. Each case checks the status, the exact
 //! `WWW-Authenticate`, the JSON `error`, and whether the echo upstream saw the request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

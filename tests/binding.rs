@@ -1,6 +1,7 @@
 //! Sender-constrained tokens presented as bearer tokens (SPEC §4.8): a DPoP-bound token is
 //! refused with a DPoP challenge, an mTLS-bound token is accepted only over TLS with the bound
 //! client certificate, and `require_sender_constrained` refuses plain bearer tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use bytes::Bytes;

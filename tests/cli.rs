@@ -2,6 +2,7 @@
 //! (0 ok, 1 invalid configuration or failure at start, 2 bad usage), where problems are printed
 //! and in which form (`FILE:LINE: KEY.PATH: message`, FILE as given), and how `--config` is
 //! found (`--config`, then `$TOKENGATE_CONFIG`, then `tokengate.toml` in the working directory).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

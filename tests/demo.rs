@@ -1,5 +1,6 @@
 //! `tokengate demo` (SPEC §2): the built binary starts, prints a token and one-line curl
 //! commands, and those commands do what the demo says (200, 403, 401), then SIGTERM exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Header hygiene end to end (SPEC §4.2): what the client sends, what the echo upstream
 //! receives, and what the client gets back.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! HTTP core behaviour, end to end (SPEC §3 route matching, §4.1 path normalization, §4.2
 //! request ids and forwarding headers, §4.7 forwarding, §6 errors): requests go in over loopback,
 //! and the tests look at what the client got back and what the upstream received.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

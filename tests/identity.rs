@@ -1,6 +1,7 @@
 //! Identity assertions end to end through the library API (SPEC §2 `keygen`, §5, §7 JWKS): keys
 //! made by `keygen::run`, assertions minted by `Minter`, and every one verified by an independent
 //! JOSE library (`jsonwebtoken`, RustCrypto backend) using nothing but the published JWKS JSON.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! The identity forwarded upstream, end to end (SPEC §5): a verified request carries a signed
 //! assertion that an independent JOSE library (`jsonwebtoken`) verifies with nothing but the
 //! JWKS the proxy publishes; public and tokenless requests carry none; a client's is removed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use jsonwebtoken::jwk::JwkSet;

@@ -8,6 +8,7 @@
 //! monotonic instant of `Introspector::introspect_at`), so cache lifetimes are crossed exactly,
 //! without waiting, and no assertion depends on how fast anything runs. (tokio's paused clock
 //! would need its `test-util` feature, and cannot be paused while a call is on the wire.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! An issuer behind https with a private CA (`[[issuer]] ca_file`): keys load only when the CA is
 //! trusted; the system roots never trust it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use std::convert::Infallible;

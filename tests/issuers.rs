@@ -2,6 +2,7 @@
 //! §6 503 row, §7 `/readyz`): the token's `iss` picks the issuer, routes restrict issuers, an
 //! issuer that is down or whose discovery document names another issuer stays unready (its routes
 //! 503) without taking the others down, and a flood of unknown `kid`s is rate-limited.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

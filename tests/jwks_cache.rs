@@ -2,6 +2,7 @@
 //! `/readyz`): discovery, the unknown-`kid` refresh limit, stale keys on failure, recovery of an
 //! issuer that was down at start, refused discovery documents, and the fetch helpers' error
 //! classes. Real time, with `jwks_min_refresh` = 1 s.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

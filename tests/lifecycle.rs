@@ -3,6 +3,7 @@
 //! `shutdown_grace` bounds the drain; with `TOKENGATE_LOG_FORMAT=json` every request gives
 //! exactly one access line with the documented top-level fields, and no log line ever holds the
 //! bearer token.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Resource limits (SPEC §3 `[server]`, §6): request head size, slow or silent clients, and the
 //! cap on concurrent connections. Every wait is bounded; none of the assertions is about speed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

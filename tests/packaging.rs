@@ -10,6 +10,7 @@
 //!   command `.ci/run` runs, and its HEALTHCHECK command really answers against a running proxy;
 //! - the compose file and the manifest probe the admin `/readyz`, and their ports match the
 //!   configuration they mount.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Per-route claim policies over HTTP (SPEC §3, §4.6, §6): `config/orders-api.toml` with its
 //! issuer pointed at the mock, each route type answering 200 or 403 as documented.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use serde_json::{json, Value};

@@ -1,6 +1,7 @@
 //! SIGHUP reloads the configuration atomically (SPEC §8): a valid file takes effect for new
 //! requests, an invalid one is rejected with a logged error while the old one keeps serving,
 //! and an unchanged issuer keeps its keys (no refetch, never unready).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use std::time::{Duration, Instant};

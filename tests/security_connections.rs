@@ -9,6 +9,7 @@
 //! slow upstream must not make the proxy open sockets without bound (file descriptors run out and
 //! the whole proxy stops accepting). Timing assertions have wide slack: "closed within 15 s" for
 //! a 1 s timeout, never "at 1 s".
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -6,6 +6,7 @@
 //! body as the next response) and is a protocol error for a strict HTTP/2 client. Every case is
 //! compared with the GET of the same target: same status, same headers that matter, and the
 //! `Content-Length` the GET had, when the HEAD answer carries one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! `HTTP2-Settings`; and the underscore spellings of the `X-Forwarded-*` headers it sets itself
 //! never reach the upstream from an untrusted peer (nginx with `underscores_in_headers`, CGI and
 //! WSGI servers map them onto the real names).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -8,6 +8,7 @@
 //! host it routed on, as `Host` and as `X-Forwarded-Host`. Otherwise a request routed as public
 //! reaches an upstream (nginx, a framework) that reads its own idea of the host and serves the
 //! admin site.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! handler. The proxy must refuse a method with a lower-case letter (400 `invalid_request`)
 //! instead of routing it. Upper-case extension methods are fine. A route that lists `GET` also
 //! matches `HEAD`, so a HEAD cannot slip past it to a later public route.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

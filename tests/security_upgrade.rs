@@ -7,6 +7,7 @@
 //! (RFC 7540 §3.2) answers 101 and the client holds a raw HTTP/2 connection to the upstream on
 //! which the proxy checks nothing more. An upstream that answers 101 to a request that was not
 //! a WebSocket upgrade is a 502, never a tunnel.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use support::echo::Echo;

@@ -3,6 +3,7 @@
 //! Each hostile request is followed on the same connection by a second, pipelined request
 //! (`GET /smuggled`). The proxy must answer 400, close the connection, and forward nothing: not
 //! the hostile request, and never the bytes after it read as another request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

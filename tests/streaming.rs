@@ -9,6 +9,7 @@
 //!   first bytes of a request body reach the upstream before the client has finished it.
 //!
 //! Measured numbers are printed with `eprintln!` (`cargo test --test streaming -- --nocapture`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! TLS termination (SPEC §3 `[server.tls]`, §8): real rustls handshakes on loopback, ALPN h2 and
 //! http/1.1, client certificates requested (not required) and checked against `client_ca`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use bytes::Bytes;

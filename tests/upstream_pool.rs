@@ -4,6 +4,7 @@
 //! connection) and must keep working: HTTPS upstreams trusted through `ca_file`, abandoned
 //! downloads, concurrency, idle connections the upstream closed, upstreams that answer before the
 //! upload ends, and HTTP/1.0 requests without `Host`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! remembered 401s, subject mismatch, signed answers, failures under both `on_error` modes, the
 //! `max_entries` bound and the background purge. Real time; waits are bounded, and no assertion
 //! depends on how fast anything runs beyond "an immediate second call comes within a second".
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

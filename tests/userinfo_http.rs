@@ -1,5 +1,6 @@
 //! Userinfo enrichment end to end (SPEC §4.5): through the proxy, merged claims feed the policy
 //! and the identity headers; failures follow `on_error`; the cache spares the issuer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use serde_json::json;

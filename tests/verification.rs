@@ -2,6 +2,7 @@
 //! rule, each over HTTP to the echo upstream, asserting the status, the exact `WWW-Authenticate`
 //! challenge, the JSON `error`, that no error text repeats the token, and whether the upstream
 //! saw the request. Real time: `jwks_min_refresh` is 1 s (the mock's `config_toml`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

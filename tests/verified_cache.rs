@@ -1,6 +1,7 @@
 //! The verified-token cache never serves a wrong answer: per-route issuer restrictions and
 //! policies still apply to a cached token, an expired token is refused even when cached, and a
 //! key rotation drops cached verifications made with the old keys.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
 use std::time::Duration;

@@ -11,6 +11,7 @@
 //! With `--tokengate-pool` the hop goes through tokengate's own upstream pool
 //! (`tokengate::forward::UpstreamClient`) instead of hyper-util's legacy client: the benchmark's
 //! reference row that shows tokengate's cost over the very same hop.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: bad input panics with its message
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -21,6 +21,7 @@
 //!
 //! `--key FILE` is an RSA-2048 PKCS#8 PEM private key shared by `serve` and `mint`; it is generated
 //! (mode 0600) when missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: bad input panics with its message
 
 use std::collections::HashMap;
 use std::convert::Infallible;

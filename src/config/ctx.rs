@@ -14,7 +14,7 @@ use toml_edit::{DocumentMut, ImDocument};
 
 use super::duration::parse_duration;
 use super::files::FileKind;
-use super::load::{Loaded, Problem};
+use super::problem::{Loaded, Problem};
 use super::locate::{line_of, remove, KeyPath};
 use super::model::Config;
 

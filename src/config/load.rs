@@ -24,8 +24,7 @@
 //! their key paths), and route matching.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml_edit::{DocumentMut, ImDocument};
 
@@ -33,40 +32,8 @@ use super::compile::compile;
 use super::ctx::Ctx;
 use super::env::{expand_document, Env};
 use super::locate::{line_at, KeyPath, Seg};
-use super::model::Config;
+use super::problem::{Loaded, Problem};
 use super::raw::{self, RawConfig};
-
-/// One configuration problem (error or warning), printed as `FILE:LINE: KEY.PATH: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The configuration file, as given (not made absolute).
-    pub file: PathBuf,
-    /// 1-based line of the key, or of its table header when the key is missing.
-    pub line: usize,
-    /// `route[1].claims[0].equals`; `.` for the whole file; `(syntax)` for a syntax error.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.path,
-            self.message
-        )
-    }
-}
-
-/// A valid configuration, and what `check` should warn about (shadowed routes, `allow_http`).
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub warnings: Vec<Problem>,
-}
 
 /// Reads and loads `file`: `${ENV}` from the process environment, relative paths resolved
 /// against the file's directory, and every referenced file (TLS, CA, signing keys) checked to be

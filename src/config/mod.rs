@@ -5,7 +5,8 @@
 //!   reports every problem as `FILE:LINE: KEY.PATH: message`, plus warnings for `check`.
 //! - `compile` (with `issuers`, `routes`): each table checked and built into the model;
 //!   `check`: pure value checks; `ctx`: the loader's problem list and typed readers.
-//! - `locate`: key paths and the line each points at.
+//! - `locate`: key paths and the line each points at; `problem`: what a load produces
+//!   (`Loaded`, `Problem`).
 //! - `env`: `${ENV_VAR}` expansion; `duration`: `"250ms"`/`"30s"`/`"5m"`/`"1h"`.
 //! - `model`: the compiled types the rest of the proxy reads.
 //!
@@ -21,13 +22,15 @@ mod issuers;
 mod load;
 mod locate;
 pub mod model;
+mod problem;
 pub mod raw;
 mod routes;
 
 #[cfg(test)]
 mod tests;
 
-pub use load::{load_file, load_str, Loaded, Problem};
+pub use load::{load_file, load_str};
+pub use problem::{Loaded, Problem};
 pub use model::*;
 
 use std::fmt::Write as _;

@@ -1,4 +1,5 @@
-//! Token claims as JSON, and the few typed reads the rest of the crate shares.
+//! Token claims as JSON, the few typed reads the rest of the crate shares, and claim references
+//! from the configuration ([`ClaimPath`]: a name or an RFC 6901 JSON Pointer, parsed once).
 //!
 //! Claims stay a `serde_json` map (member order preserved) because policies, identity headers and
 //! userinfo merging all work on arbitrary JSON. What is typed here is only what RFC 7519 types:
@@ -78,6 +79,57 @@ pub fn audiences(c: &Claims) -> Result<Option<Vec<&str>>, InvalidClaim> {
             .map(Some),
         Some(_) => Err(InvalidClaim),
     }
+}
+
+/// A claim reference from the config, parsed once: a top-level name, or an RFC 6901 JSON Pointer
+/// (a leading `/`) split into unescaped tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPath {
+    Name(String),
+    Pointer(Vec<String>),
+}
+
+impl ClaimPath {
+    /// `claim` is assumed valid (the config loader rejects bad pointers).
+    pub fn parse(claim: &str) -> Self {
+        match claim.strip_prefix('/') {
+            Some(rest) => ClaimPath::Pointer(
+                rest.split('/')
+                    .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                    .collect(),
+            ),
+            None => ClaimPath::Name(claim.to_owned()),
+        }
+    }
+
+    pub fn lookup<'c>(&self, claims: &'c Claims) -> Option<&'c Value> {
+        match self {
+            ClaimPath::Name(name) => claims.get(name),
+            ClaimPath::Pointer(tokens) => {
+                let (first, rest) = tokens.split_first()?;
+                let mut value = claims.get(first)?;
+                for token in rest {
+                    value = match value {
+                        Value::Object(map) => map.get(token)?,
+                        Value::Array(items) => items.get(array_index(token)?)?,
+                        _ => return None,
+                    };
+                }
+                Some(value)
+            }
+        }
+    }
+}
+
+/// RFC 6901 array index: `0` or digits without a leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    token.parse().ok()
 }
 
 #[cfg(test)]
