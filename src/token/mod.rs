@@ -2,6 +2,7 @@
 //! (`keys`, `jwks`, `fetch`). Verification is synchronous and network-free; fetching lives apart.
 
 pub mod claims;
+pub mod dpop;
 pub mod extract;
 pub mod fetch;
 pub mod introspect;
