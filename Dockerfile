@@ -30,11 +30,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-# Only what the build reads: the manifest and lock file, the sources, and benches/ (Cargo.toml
-# declares a [[bench]] target, and cargo refuses a manifest whose target file is missing).
+# Only what the build reads: the manifest and lock file, the sources, benches/ (Cargo.toml
+# declares a [[bench]] target, and cargo refuses a manifest whose target file is missing) and
+# bench/, the workspace's other member (cargo loads every member's manifest and targets; only
+# tokengate itself is built).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY bench ./bench
 
 # BuildKit (Docker's default builder since 23.0; `docker compose` uses it) keeps the registry and
 # the target directory in cache mounts between builds, so the binary is copied out of the cached

@@ -96,13 +96,13 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 if [ "$BUILD" = 1 ]; then
   say "building (release) ..."
-  (cd "$ROOT" && cargo build --release --locked --bins --quiet)
+  (cd "$ROOT" && cargo build --release --locked --workspace --bins --quiet)
   if [ "$CRYPTO" = 1 ]; then
     out=$(cd "$ROOT" && cargo bench --locked --bench crypto --no-run 2>&1) || { say "$out"; die "cargo bench --no-run failed"; }
   fi
 fi
 for b in tokengate bare-forwarder bench-issuer; do
-  [ -x "$BIN/$b" ] || die "$BIN/$b not found (build with: cargo build --release --bins)"
+  [ -x "$BIN/$b" ] || die "$BIN/$b not found (build with: cargo build --release --workspace --bins)"
 done
 
 # Pinning: the load generator on LOAD_CPUS, every server on SERVER_CPUS.

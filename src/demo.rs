@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -30,8 +29,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::config;
-use crate::gateway::Gateway;
-use crate::server::{self, Listeners};
 
 const AUDIENCE: &str = "demo-api";
 const KID: &str = "demo-key-1";
@@ -217,7 +214,9 @@ userinfo_max_age = "30s"
 }
 
 /// Runs the demo until `shutdown` resolves.
-pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub async fn run(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let key = EcKeyPair::generate(EcCurve::P256).map_err(|e| e.to_string())?;
     // The issuer's URL names its port, so bind before building it.
     let (issuer_listener, issuer_addr) = loopback().await?;
@@ -247,13 +246,7 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), 
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    let config = Arc::new(loaded.config);
-    let listeners = Listeners::bind(&config).await?;
-    let proxy = listeners.main_addr().ok_or("no listen address")?;
-    let admin = listeners.admin_addr();
-    let gateway = Gateway::new(config, None)?;
-    let shared = Arc::new(ArcSwap::from_pointee(gateway));
-
+    let running = crate::app::start(loaded.config, shutdown).await?;
     let reader = issuer.mint(json!({
         "sub": "demo-user",
         "email": "demo@example.com",
@@ -261,8 +254,15 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()>) -> Result<(), 
         "scope": "openid orders:read",
         "client_id": "demo-client",
     }))?;
-    print_instructions(&path, proxy, admin, &issuer.url, upstream, &reader);
-    server::run(listeners, shared, shutdown).await;
+    print_instructions(
+        &path,
+        running.addr,
+        running.admin,
+        &issuer.url,
+        upstream,
+        &reader,
+    );
+    running.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

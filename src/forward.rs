@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,7 +19,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::{Route, Upstream, UpstreamTarget};
+use crate::identity::UpstreamRequest;
+use crate::reason::Reason;
 use crate::rejection::Rejection;
+use crate::scrub;
 
 mod pool;
 
@@ -71,8 +74,27 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends `req` (origin-form URI) to `target` and waits for response headers.
-    pub async fn send(
+    /// Phase 8: sends the request and waits for response headers; an authorized WebSocket
+    /// upgrade is spliced once the upstream switched to `websocket`, any other `101` is a 502.
+    /// The upstream's hop-by-hop headers are not passed on.
+    pub async fn send(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
+        let (request, target, client_upgrade) = req.into_parts();
+        let mut response = self.exchange(&target, request).await?;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match client_upgrade {
+            Some(on_upgrade) if switching && switched_to_websocket(&response) => {
+                splice_upgrade(on_upgrade, &mut response)
+            }
+            // A switch nobody asked for, or to another protocol than the one asked for.
+            _ if switching => return Err(Rejection::BadGateway),
+            _ => {}
+        }
+        scrub::response_headers(response.headers_mut(), switching);
+        Ok(response)
+    }
+
+    /// One exchange with `target`'s pool, bounded by `upstream.timeout`.
+    async fn exchange(
         &self,
         target: &Arc<UpstreamTarget>,
         req: Request<Incoming>,
@@ -86,6 +108,7 @@ impl UpstreamClient {
             Ok(Err(SendError::Saturated)) => {
                 tracing::warn!(upstream = %target.origin, "upstream max_connections reached; request refused");
                 Err(Rejection::Unavailable {
+                    reason: Reason::UpstreamSaturated,
                     description: "the upstream connection limit is reached".into(),
                     retry_after_secs: 1,
                 })
@@ -96,6 +119,29 @@ impl UpstreamClient {
             }
             Ok(Ok(response)) => Ok(response),
         }
+    }
+}
+
+/// The connection pool of one upstream origin without any of the request pipeline, for the
+/// benchmark's reference row (`bench/`: the bare forwarder through tokengate's own pool, to show
+/// tokengate's cost over the very same hop). The proxy itself never uses it: its requests are
+/// `UpstreamRequest`s, sent by [`UpstreamClient::send`].
+#[doc(hidden)]
+pub struct BarePool(Arc<Pool>);
+
+impl BarePool {
+    pub fn new(upstream: &Upstream) -> Result<Self, String> {
+        Ok(BarePool(Arc::new(Pool::new(
+            &upstream.target,
+            connector(upstream)?,
+            upstream.max_connections,
+            upstream.connect_timeout,
+        )?)))
+    }
+
+    /// Sends an origin-form request and waits for response headers.
+    pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
+        self.0.send(req).await.ok()
     }
 }
 
@@ -147,15 +193,9 @@ pub fn upstream_uri(mut path: String, query: Option<&str>) -> Result<Uri, Reject
         .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))
 }
 
-/// Prepares a request for the HTTP/1.1 pool (an HTTP/2 caller's request included).
-pub fn as_upstream_request(req: &mut Request<Incoming>, uri: Uri) {
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-}
-
 /// Whether a `101 Switching Protocols` answer switched to WebSocket, the one protocol the client
 /// may have asked for (anything else would give it a raw connection of another kind).
-pub fn switched_to_websocket(response: &Response<UpstreamBody>) -> bool {
+fn switched_to_websocket(response: &Response<UpstreamBody>) -> bool {
     let mut upgrades = response.headers().get_all(http::header::UPGRADE).iter();
     matches!(
         (upgrades.next(), upgrades.next()),
@@ -164,10 +204,7 @@ pub fn switched_to_websocket(response: &Response<UpstreamBody>) -> bool {
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection (WebSocket).
-pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<UpstreamBody>) {
-    if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
+fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<UpstreamBody>) {
     let upstream = hyper::upgrade::on(upstream);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {

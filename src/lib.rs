@@ -1,22 +1,48 @@
 //! tokengate: an authenticating reverse proxy.
 //!
-//! A request walks one straight line of phases (see `gateway.rs`):
-//! normalize path -> match route -> scrub headers -> extract token -> verify -> enrich
-//! -> authorize -> mint identity -> forward (stream) -> scrub response.
+//! # The request pipeline
 //!
-//! - `authn`: the authentication phase (which issuer, which failure, which rejection).
-//! - `config`: TOML schema, `${ENV}` expansion, validation with file/line/key path, compiled model.
-//! - `route`: path normalization and the first-match route table.
-//! - `server`: listeners, HTTP/1 + HTTP/2, connection limits, graceful shutdown.
-//! - `gateway`: the phase line; the only place that knows the order.
-//! - `scrub`: header hygiene in both directions (hop-by-hop, spoofed identity, X-Forwarded-*).
-//! - `forward`: the pooled upstream client and streaming.
-//! - `rejection`: every error a client can see, and how it is rendered.
-//! - `token`: bearer extraction, JWT verification rules, issuer key sets.
-//! - `identity`: what is forwarded upstream about the caller.
-//! - `telemetry`: logging setup and the access line.
+//! Every request walks one line of phases (SPEC §4). Each phase is a function from the previous
+//! phase's value to the next one's, or a `Rejection` (`rejection`), so the order is the
+//! compiler's: `gateway::Gateway::run` is this diagram, line by line.
+//!
+//! ```text
+//!  request (server: TLS, HTTP/1.1 or HTTP/2, framing observer)
+//!    │ inbound::Inbound::admit         0, 1  framing, method, head size, canonical host, path
+//!    ▼
+//!  Inbound ──── route::find ─────────── 2    first matching route (404 no_route)
+//!    ▼
+//!  Routed ───── authn::extract ──────── 3    Authorization: Bearer | DPoP (raw token, no Debug)
+//!    ▼
+//!  Credential ─ Authenticator::verify ─ 4, 8 JWT or introspection; DPoP proof / mTLS binding
+//!    ▼
+//!  Verified ─── Userinfo::enrich_caller 5    userinfo merged over the token's claims
+//!    ▼
+//!  Principal ── policy::authorize ───── 6    scopes and claim rules; only it makes Authorized
+//!    ▼
+//!  Authorized ─ Identity::mint ──────── 2, 7 header hygiene, X-Forwarded-*, assertion, Host
+//!    ▼
+//!  UpstreamRequest ─ UpstreamClient::send 7  stream to the upstream and back
+//!    ▼
+//!  response ─── Gateway::finish         request id, access line (every request, every outcome)
+//! ```
+//!
+//! # Modules
+//!
+//! - `app`: the one start-up path (`serve`, `demo`, the integration tests).
+//! - `server`: listeners, protocol detection, connection deadlines, graceful shutdown; hands
+//!   requests to a handler as `inbound::ConnInfo` + `inbound::Framing`.
+//! - `inbound`, `route`, `authn`, `userinfo`, `policy`, `identity`, `forward`: the phases above.
+//! - `gateway`: the phase line and the per-request context (request id, access-line fields,
+//!   the request's tracing span).
+//! - `token`: the JOSE rules, issuer key sets, introspection and DPoP proof checks.
+//! - `scrub`: header hygiene in both directions. `rejection`, `reason`: every error a client can
+//!   see, and the one enum of reasons behind the access line and the metrics.
+//! - `config`: TOML schema, `${ENV}`, validation with file/line/key path, the compiled model.
+//! - `telemetry`: logging and the access line. `reload`: SIGHUP. `keygen`, `demo`: commands.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod authn;
 pub mod config;
 pub mod demo;
@@ -24,8 +50,10 @@ pub mod digest_hash;
 pub mod forward;
 pub mod gateway;
 pub mod identity;
+pub mod inbound;
 pub mod keygen;
 pub mod policy;
+pub mod reason;
 pub mod rejection;
 pub mod reload;
 pub mod route;

@@ -3,15 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
-use tokengate::config;
-use tokengate::gateway::Gateway;
-use tokengate::server::{self, Listeners};
-use tokengate::telemetry;
+use tokengate::server;
+use tokengate::{app, config, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -163,40 +159,31 @@ fn serve(path: &Path) -> ExitCode {
         let shutdown = shutdown_signal();
         // Installed before the proxy announces itself, so an early SIGHUP never kills it.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let config = Arc::new(loaded.config);
-        let gateway = match Gateway::new(config.clone(), None) {
-            Ok(g) => g,
-            Err(error) => {
-                eprintln!("{}: {error}", path.display());
-                return ExitCode::from(1);
-            }
-        };
-        let listeners = match Listeners::bind(&config).await {
-            Ok(l) => l,
+        server::raise_open_file_limit();
+        let routes = loaded.config.routes.len();
+        let running = match app::start(loaded.config, shutdown).await {
+            Ok(running) => running,
             Err(error) => {
                 eprintln!("{error}");
                 return ExitCode::from(1);
             }
         };
-        server::raise_open_file_limit();
-        let admin_addr = listeners.admin_addr().map(|a| a.to_string());
         tracing::info!(
-            listen = %listeners.main_addr().map(|a| a.to_string()).unwrap_or_default(),
-            admin = admin_addr.as_deref(),
-            routes = config.routes.len(),
+            listen = %running.addr,
+            admin = running.admin.map(|a| a.to_string()).as_deref(),
+            routes,
             "tokengate serving"
         );
-        let shared = Arc::new(ArcSwap::from_pointee(gateway));
         if let Some(mut hangup) = hangups {
-            let (shared, path) = (shared.clone(), path.to_path_buf());
+            let (reloader, path) = (running.reloader(), path.to_path_buf());
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP received: reloading the configuration");
-                    tokengate::reload::reload(&path, &shared);
+                    reloader.reload(&path);
                 }
             });
         }
-        server::run(listeners, shared, shutdown).await;
+        running.wait().await;
         ExitCode::SUCCESS
     })
 }

@@ -16,6 +16,10 @@
 //! claims userinfo may override, and how a decision becomes a 403, are the gateway's and
 //! `rejection.rs`'s jobs.
 
+mod authorize;
+
+pub use authorize::{authorize, Authorized};
+
 use regex::Regex;
 use serde_json::{Number, Value};
 

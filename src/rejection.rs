@@ -5,11 +5,37 @@
 //! access log through `reason()` and `detail`, never anything derived from a token's bytes.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+
+use crate::reason::Reason;
+use crate::token::dpop::DPOP_NONCE;
+
+/// The `error` of a `DPoP` challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpopError {
+    /// The token: bound to another key, not bound at all, or bound but sent as `Bearer`, or a
+    /// bearer token on a route that requires a sender-constrained one.
+    InvalidToken,
+    /// The proof: missing, duplicated or failing a check.
+    InvalidProof,
+    /// The proof lacks a current server nonce.
+    UseNonce,
+}
+
+impl DpopError {
+    fn code(self) -> &'static str {
+        match self {
+            DpopError::InvalidToken => "invalid_token",
+            DpopError::InvalidProof => "invalid_dpop_proof",
+            DpopError::UseNonce => "use_dpop_nonce",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -27,18 +53,27 @@ pub enum Rejection {
     MissingToken,
     /// 401 `invalid_token`; `reason` is the metrics/log label.
     InvalidToken {
-        reason: &'static str,
+        reason: Reason,
         description: Cow<'static, str>,
     },
-    /// 401 `invalid_token` with a `DPoP` challenge (RFC 9449 §7.1): a DPoP-bound token was
-    /// presented as a plain bearer token. `algs` is `[dpop].algorithms`, space-separated.
-    DpopBoundAsBearer { algs: String },
+    /// 401 with a `DPoP` challenge (RFC 9449 §7.1, SPEC §4.8): `error` says whether the proof,
+    /// the token or the nonce is the problem; `algs` is `[dpop].algorithms`, space-separated;
+    /// `nonce` is a fresh server nonce for `use_dpop_nonce`.
+    Dpop {
+        error: DpopError,
+        reason: Reason,
+        description: Cow<'static, str>,
+        algs: Arc<str>,
+        nonce: Option<HeaderValue>,
+    },
     /// 403 `insufficient_scope`, `scope` lists the route's required scopes.
     InsufficientScope { scope: String },
     /// 403 `access_denied`; names the route, never a claim value.
     AccessDenied { route: String },
-    /// 503 `temporarily_unavailable` with `Retry-After`.
+    /// 503 `temporarily_unavailable` with `Retry-After`: `reason` is `Unavailable` (issuer keys,
+    /// userinfo, introspection) or `UpstreamSaturated` (`[upstream].max_connections`).
     Unavailable {
+        reason: Reason,
         description: Cow<'static, str>,
         retry_after_secs: u32,
     },
@@ -71,9 +106,9 @@ impl Rejection {
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
-            Rejection::MissingToken
-            | Rejection::InvalidToken { .. }
-            | Rejection::DpopBoundAsBearer { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::MissingToken | Rejection::InvalidToken { .. } | Rejection::Dpop { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::InsufficientScope { .. } | Rejection::AccessDenied { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -84,21 +119,22 @@ impl Rejection {
         }
     }
 
-    /// The label used in the access log and in `tokengate_auth_failures_total{reason}`.
-    pub fn reason(&self) -> &'static str {
+    /// The access line's `reason`, and the `tokengate_auth_failures_total` label when it is an
+    /// authentication failure.
+    pub fn reason(&self) -> Reason {
         match self {
-            Rejection::BadRequest { .. } => "bad_request",
-            Rejection::HeaderTooLarge => "header_too_large",
-            Rejection::NoRoute => "no_route",
-            Rejection::MissingToken => "missing_token",
-            Rejection::InvalidToken { reason, .. } => reason,
-            Rejection::DpopBoundAsBearer { .. } => "sender_constraint",
-            Rejection::InsufficientScope { .. } => "insufficient_scope",
-            Rejection::AccessDenied { .. } => "access_denied",
-            Rejection::Unavailable { .. } => "unavailable",
-            Rejection::BadGateway => "bad_gateway",
-            Rejection::GatewayTimeout => "gateway_timeout",
-            Rejection::Internal => "internal_error",
+            Rejection::BadRequest { .. } => Reason::BadRequest,
+            Rejection::HeaderTooLarge => Reason::HeaderTooLarge,
+            Rejection::NoRoute => Reason::NoRoute,
+            Rejection::MissingToken => Reason::MissingToken,
+            Rejection::InvalidToken { reason, .. }
+            | Rejection::Unavailable { reason, .. }
+            | Rejection::Dpop { reason, .. } => *reason,
+            Rejection::InsufficientScope { .. } => Reason::InsufficientScope,
+            Rejection::AccessDenied { .. } => Reason::AccessDenied,
+            Rejection::BadGateway => Reason::BadGateway,
+            Rejection::GatewayTimeout => Reason::GatewayTimeout,
+            Rejection::Internal => Reason::Internal,
         }
     }
 
@@ -108,7 +144,8 @@ impl Rejection {
             Rejection::HeaderTooLarge => "request_header_fields_too_large",
             Rejection::NoRoute => "no_route",
             Rejection::MissingToken => "missing_token",
-            Rejection::InvalidToken { .. } | Rejection::DpopBoundAsBearer { .. } => "invalid_token",
+            Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::Dpop { error, .. } => error.code(),
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::AccessDenied { .. } => "access_denied",
             Rejection::Unavailable { .. } => "temporarily_unavailable",
@@ -125,9 +162,7 @@ impl Rejection {
             Rejection::NoRoute => Cow::Borrowed("no route matches this request"),
             Rejection::MissingToken => Cow::Borrowed("a bearer token is required"),
             Rejection::InvalidToken { description, .. } => Cow::Borrowed(description),
-            Rejection::DpopBoundAsBearer { .. } => Cow::Borrowed(
-                "the token is bound to a DPoP key and must be sent with the DPoP scheme",
-            ),
+            Rejection::Dpop { description, .. } => Cow::Borrowed(description),
             Rejection::InsufficientScope { scope } => {
                 Cow::Owned(format!("the token lacks a required scope ({scope})"))
             }
@@ -163,8 +198,9 @@ impl Rejection {
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted(&description)
             )),
-            Rejection::DpopBoundAsBearer { algs } => Some(format!(
-                "DPoP realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\", algs=\"{}\"",
+            Rejection::Dpop { error, algs, .. } => Some(format!(
+                "DPoP realm=\"{realm}\", error=\"{}\", error_description=\"{}\", algs=\"{}\"",
+                error.code(),
                 quoted(&description),
                 quoted(algs)
             )),
@@ -182,6 +218,12 @@ impl Rejection {
         } = self
         {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if let Rejection::Dpop {
+            nonce: Some(nonce), ..
+        } = self
+        {
+            headers.insert(DPOP_NONCE.clone(), nonce.clone());
         }
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -227,7 +269,7 @@ mod tests {
     #[test]
     fn invalid_token_challenge_carries_error_and_description() {
         let r = Rejection::InvalidToken {
-            reason: "expired",
+            reason: Reason::Expired,
             description: "token \"expired\"".into(),
         };
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -252,6 +294,7 @@ mod tests {
     #[test]
     fn unavailable_sets_retry_after_and_json_body() {
         let r = Rejection::Unavailable {
+            reason: Reason::Unavailable,
             description: "issuer keys unavailable".into(),
             retry_after_secs: 5,
         };

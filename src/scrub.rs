@@ -130,8 +130,7 @@ impl ScrubRules {
     }
 
     pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+        is_trusted(&self.trusted_proxies, peer)
     }
 
     /// Whether a request header name is one a client must never be able to send upstream: our
@@ -153,6 +152,12 @@ impl ScrubRules {
             || is_other_proxy_user_header(name)
             || (underscore && is_managed(name))
     }
+}
+
+/// Whether `peer` is in one of the `trusted_proxies` networks (IPv4-mapped IPv6 read as IPv4).
+pub fn is_trusted(proxies: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    proxies.iter().any(|net| net.contains(&peer))
 }
 
 fn canonical(name: &str) -> String {

@@ -125,7 +125,7 @@ fn accepted(result: Result<Introspected, IntrospectionError>) -> Introspected {
 #[track_caller]
 fn refused_for(result: Result<Introspected, IntrospectionError>) -> &'static str {
     match result {
-        Err(IntrospectionError::Invalid { reason, .. }) => reason,
+        Err(IntrospectionError::Invalid { reason, .. }) => reason.as_str(),
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
@@ -277,7 +277,7 @@ async fn an_inactive_answer_is_inactive() {
     }
     let rejection = IntrospectionError::Inactive.into_rejection();
     assert_eq!(
-        (rejection.status().as_u16(), rejection.reason()),
+        (rejection.status().as_u16(), rejection.reason().as_str()),
         (401, "inactive")
     );
     assert_eq!(introspector.counters(), counters(0, 2, 0, 0, 2, 0));

@@ -14,9 +14,9 @@ use toml_edit::{DocumentMut, ImDocument};
 
 use super::duration::parse_duration;
 use super::files::FileKind;
-use super::problem::{Loaded, Problem};
 use super::locate::{line_of, remove, KeyPath};
 use super::model::Config;
+use super::problem::{Loaded, Problem};
 
 /// A problem has been recorded for this value; whatever needed it cannot be built.
 #[derive(Debug, Clone, Copy)]

@@ -30,8 +30,8 @@ mod routes;
 mod tests;
 
 pub use load::{load_file, load_str};
-pub use problem::{Loaded, Problem};
 pub use model::*;
+pub use problem::{Loaded, Problem};
 
 use std::fmt::Write as _;
 

@@ -13,8 +13,6 @@ use http::header::HeaderName;
 use http::Method;
 use ipnet::IpNet;
 
-use crate::route::host::Host;
-
 /// One complete, immutable configuration generation. A reload builds a new one and swaps it in.
 #[derive(Debug)]
 pub struct Config {
@@ -261,30 +259,12 @@ pub enum PathMatch {
     Prefix(String),
 }
 
-impl PathMatch {
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Exact(p) => p == path,
-            PathMatch::Prefix(p) => {
-                path.starts_with(p.as_str())
-                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostMatch {
     /// The canonical host name without port (`crate::route::host`).
     pub name: String,
     /// Only compared when the rule names a port.
     pub port: Option<u16>,
-}
-
-impl HostMatch {
-    pub fn matches(&self, host: &Host) -> bool {
-        host.name() == self.name && (self.port.is_none() || self.port == host.port())
-    }
 }
 
 #[derive(Debug)]
@@ -306,19 +286,4 @@ pub struct Route {
     pub policy: crate::policy::Policy,
     /// Line of the `[[route]]` header, for shadowing warnings.
     pub line: usize,
-}
-
-impl Route {
-    pub fn matches(&self, path: &str, method: &Method, host: Option<&Host>) -> bool {
-        self.path.matches(path)
-            && self.methods.as_ref().is_none_or(|m| {
-                // A HEAD is a GET without the body (RFC 9110 §9.3.2): it must never fall through
-                // to a later route.
-                m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
-            })
-            && self
-                .host
-                .as_ref()
-                .is_none_or(|h| host.is_some_and(|v| h.matches(v)))
-    }
 }

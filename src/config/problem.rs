@@ -38,4 +38,3 @@ pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<Problem>,
 }
-

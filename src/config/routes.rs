@@ -242,7 +242,7 @@ fn covers(earlier: &Route, later: &Route) -> bool {
     let path = match (&earlier.path, &later.path) {
         (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
         (PathMatch::Prefix(_), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
-            earlier.path.matches(b)
+            crate::route::path_matches(&earlier.path, b)
         }
         (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
     };

@@ -1,20 +1,75 @@
-//! Which route a request belongs to: path normalization (`normalize`) and the first-match rule
-//! of SPEC §3 (file order; `path`/`path_prefix`, `methods` and `host` must all match).
+//! Which route a request belongs to: its canonical host (`host`), its normalized path
+//! (`normalize`), and the first-match rule of SPEC §3 (file order; `path`/`path_prefix`,
+//! `methods` and `host` must all match), which turns an `Inbound` into a [`Routed`] request.
 
 pub mod host;
 pub mod normalize;
 
 use http::Method;
 
-use crate::config::Route;
+use crate::config::{HostMatch, PathMatch, Route};
+use crate::inbound::Inbound;
+use crate::rejection::Rejection;
 use host::Host;
 
-/// The first route that matches the normalized path, method and host, in file order.
+/// A request and the route it matched: phase 2's result.
+pub struct Routed<'g> {
+    pub inbound: Inbound,
+    pub route: &'g Route,
+}
+
+/// Phase 2: the first route that matches the normalized path, method and host, in file order;
+/// none → 404 `no_route` (and nothing reaches the upstream).
+pub fn route(routes: &[Route], inbound: Inbound) -> Result<Routed<'_>, Rejection> {
+    let found = find(
+        routes,
+        &inbound.path.match_path,
+        &inbound.parts.method,
+        inbound.host.as_ref(),
+    );
+    match found {
+        Some(route) => Ok(Routed { inbound, route }),
+        None => Err(Rejection::NoRoute),
+    }
+}
+
+/// The first route that matches, in file order.
 pub fn find<'a>(
     routes: &'a [Route],
     path: &str,
     method: &Method,
     host: Option<&Host>,
 ) -> Option<&'a Route> {
-    routes.iter().find(|r| r.matches(path, method, host))
+    routes.iter().find(|r| matches(r, path, method, host))
+}
+
+/// Whether `route` matches a request (paths are case-sensitive, hosts canonical).
+pub fn matches(route: &Route, path: &str, method: &Method, host: Option<&Host>) -> bool {
+    path_matches(&route.path, path)
+        && route.methods.as_ref().is_none_or(|m| {
+            // A HEAD is a GET without the body (RFC 9110 §9.3.2): it must never fall through
+            // to a later route.
+            m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+        })
+        && route
+            .host
+            .as_ref()
+            .is_none_or(|h| host.is_some_and(|v| host_matches(h, v)))
+}
+
+/// `path` equals an exact rule; a prefix rule matches segment-aware (`/orders` matches `/orders`
+/// and `/orders/7`, never `/ordersX`).
+pub fn path_matches(rule: &PathMatch, path: &str) -> bool {
+    match rule {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str())
+                && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+        }
+    }
+}
+
+/// The request's port only counts when the rule names one.
+pub fn host_matches(rule: &HostMatch, host: &Host) -> bool {
+    host.name() == rule.name && (rule.port.is_none() || rule.port == host.port())
 }

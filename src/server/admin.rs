@@ -1,6 +1,8 @@
 //! The admin listener (SPEC §7): health, readiness, and later metrics and the identity JWKS.
 //! It never proxies; any other path is 404.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
@@ -9,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::{Handler, SharedGateway};
-use crate::gateway::ConnInfo;
+use crate::inbound::{ConnInfo, Framing};
 
 /// The admin listener's handler: reads the current gateway generation, never proxies.
 #[derive(Clone)]
@@ -18,7 +20,12 @@ pub(super) struct Admin(pub(super) SharedGateway);
 impl Handler for Admin {
     type Body = Full<Bytes>;
 
-    async fn handle(&self, _conn: &ConnInfo, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        _conn: Arc<ConnInfo>,
+        _framing: Framing,
+    ) -> Response<Full<Bytes>> {
         answer(&self.0, &req)
     }
 }
@@ -32,7 +39,7 @@ fn answer(gateway: &SharedGateway, req: &Request<Incoming>) -> Response<Full<Byt
     }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        "/jwks.json" => gateway.load().jwks().response(),
+        "/jwks.json" => gateway.load().jwks_response(),
         "/readyz" => {
             let missing = gateway.load().not_ready_issuers();
             if missing.is_empty() {

@@ -40,7 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use super::framing_guard::{FramingGuard, HeadFlags};
 use super::rewind::{Rewind, MAX_PREFIX};
 use super::{tls, Handler, Phase};
-use crate::gateway::ConnInfo;
+use crate::inbound::{ConnInfo, Framing, Scheme};
 
 const H2_PREFACE: &[u8; MAX_PREFIX] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -109,7 +109,7 @@ pub(super) async fn serve<H: Handler>(
             let Some((proto, prefix)) = detected else {
                 return;
             };
-            let conn = ConnInfo::new(peer, "http", None);
+            let conn = ConnInfo::new(peer, Scheme::Http, None);
             let io = Rewind::new(tcp, &prefix);
             run(io, proto, conn, deadline, &settings, &handler, phase).await;
         }
@@ -122,8 +122,7 @@ pub(super) async fn serve<H: Handler>(
             let Some((tls, proto, prefix)) = started else {
                 return;
             };
-            let conn = ConnInfo::new(peer, "https", None)
-                .with_client_cert(tls::client_cert_thumbprint(&tls));
+            let conn = ConnInfo::new(peer, Scheme::Https, tls::client_cert_thumbprint(&tls));
             let io = Rewind::new(tls, &prefix);
             Box::pin(run(io, proto, conn, deadline, &settings, &handler, phase)).await;
         }
@@ -214,14 +213,21 @@ async fn run<IO, H>(
     match proto {
         Proto::Http1 => {
             let flags = Arc::new(HeadFlags::default());
-            let conn = Arc::new(conn.with_head_flags(flags.clone()));
+            let conn = Arc::new(conn);
             let handler = handler.clone();
+            let observed = flags.clone();
             let service = service_fn(move |req: Request<Incoming>| {
-                activity.started.fetch_add(1, Ordering::Relaxed);
+                // hyper dispatches an HTTP/1 connection's requests one after another in wire
+                // order, so the count of requests so far is this one's index for the observer.
+                let index = activity.started.fetch_add(1, Ordering::Relaxed);
+                let framing = match observed.had_cl_and_te(index) {
+                    true => Framing::ContentLengthAndTransferEncoding,
+                    false => Framing::Clean,
+                };
                 let head = req.method() == Method::HEAD;
                 let (handler, conn) = (handler.clone(), conn.clone());
                 async move {
-                    let response = handler.handle(&conn, req).await;
+                    let response = handler.handle(req, conn, framing).await;
                     Ok::<_, Infallible>(answer(response, head, None))
                 }
             });
@@ -239,7 +245,7 @@ async fn run<IO, H>(
                 let head = req.method() == Method::HEAD;
                 let (handler, conn) = (handler.clone(), conn.clone());
                 async move {
-                    let response = handler.handle(&conn, req).await;
+                    let response = handler.handle(req, conn, Framing::Clean).await;
                     Ok::<_, Infallible>(answer(response, head, Some(stream)))
                 }
             });

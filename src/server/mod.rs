@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::gateway::{ConnInfo, Gateway, ProxyBody};
+use crate::gateway::{Gateway, ProxyBody};
+use crate::inbound::{ConnInfo, Framing};
 use conn::ConnSettings;
 
 /// Connections the admin listener serves at once (probes and scrapes need few).
@@ -60,8 +61,9 @@ pub trait Handler: Clone + Send + Sync + 'static {
 
     fn handle(
         &self,
-        conn: &ConnInfo,
         req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        framing: Framing,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
@@ -72,10 +74,15 @@ struct Proxy(SharedGateway);
 impl Handler for Proxy {
     type Body = ProxyBody;
 
-    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        framing: Framing,
+    ) -> Response<ProxyBody> {
         // A reload swaps the generation; this request keeps the one it started with.
         let gateway = self.0.load_full();
-        gateway.handle(conn, req).await
+        gateway.handle(req, conn, framing).await
     }
 }
 

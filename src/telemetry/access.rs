@@ -15,6 +15,8 @@ use http::{Method, StatusCode};
 use tracing_appender::non_blocking::NonBlocking;
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::reason::{AuthMethod, Reason};
+
 /// The target of the access lines (what `TOKENGATE_LOG` filters on).
 pub const ACCESS_TARGET: &str = "tokengate::access";
 
@@ -28,10 +30,10 @@ pub struct AccessLine {
     pub route: Option<Arc<str>>,
     pub sub: Option<String>,
     pub client_id: Option<String>,
-    /// `jwt`, `introspection`, `dpop`, or none.
-    pub auth: Option<&'static str>,
+    /// How the caller was verified, if it was.
+    pub auth: Option<AuthMethod>,
     /// Why the request was rejected (or a note such as `userinfo_unavailable`).
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
 }
 
 impl AccessLine {
@@ -75,8 +77,8 @@ pub fn access(line: &AccessLine, status: StatusCode, latency: Duration) {
             latency_ms,
             sub = line.sub.as_deref(),
             client_id = line.client_id.as_deref(),
-            auth = line.auth,
-            reason = line.reason,
+            auth = line.auth.map(AuthMethod::as_str),
+            reason = line.reason.map(Reason::as_str),
             "request"
         );
         return;
@@ -161,8 +163,8 @@ fn format_line(
     let optional = [
         ("sub", line.sub.as_deref()),
         ("client_id", line.client_id.as_deref()),
-        ("auth", line.auth),
-        ("reason", line.reason),
+        ("auth", line.auth.map(AuthMethod::as_str)),
+        ("reason", line.reason.map(Reason::as_str)),
     ];
     // The two layouts differ only in their frame and separators: `,"name":` against ` name=`.
     let (before_name, after_name): (&[u8], &[u8]) = if json {
@@ -283,7 +285,7 @@ mod tests {
         line.path = Some("/orders/7".into());
         line.route = Some("orders".into());
         line.sub = Some("alice\n2026-01-01T00:00:00.000000Z  INFO forged".into());
-        line.auth = Some("jwt");
+        line.auth = Some(AuthMethod::Jwt);
         line
     }
 

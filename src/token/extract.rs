@@ -14,9 +14,10 @@
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
-/// What the `Authorization` header carries, borrowed from the request.
+/// What the `Authorization` header carries, borrowed from the request (`authn::Credential` wraps
+/// it for the phases after extraction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential<'a> {
+pub enum Found<'a> {
     /// No `Authorization` header, or one with a scheme other than `Bearer`/`DPoP`.
     None,
     /// `Authorization: Bearer <token>`.
@@ -53,10 +54,10 @@ impl std::fmt::Display for ExtractError {
 impl std::error::Error for ExtractError {}
 
 /// Reads the credential from the request headers.
-pub fn extract(headers: &HeaderMap) -> Result<Credential<'_>, ExtractError> {
+pub fn extract(headers: &HeaderMap) -> Result<Found<'_>, ExtractError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return Ok(Credential::None);
+        return Ok(Found::None);
     };
     if values.next().is_some() {
         return Err(ExtractError::SeveralAuthorization);
@@ -76,7 +77,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Credential<'_>, ExtractError> {
     } else if scheme.eq_ignore_ascii_case(b"dpop") {
         true
     } else {
-        return Ok(Credential::None);
+        return Ok(Found::None);
     };
     // Only SP separates scheme and token: a tab lands in `token` and fails the grammar.
     let spaces = rest.iter().take_while(|&&b| b == b' ').count();
@@ -88,9 +89,9 @@ pub fn extract(headers: &HeaderMap) -> Result<Credential<'_>, ExtractError> {
     // b64token bytes are ASCII, so this cannot fail; stay total anyway.
     let token = std::str::from_utf8(token).map_err(|_| ExtractError::Malformed)?;
     Ok(if dpop {
-        Credential::Dpop(token)
+        Found::Dpop(token)
     } else {
-        Credential::Bearer(token)
+        Found::Bearer(token)
     })
 }
 

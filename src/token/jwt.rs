@@ -30,6 +30,7 @@ use sha2::digest::core_api::BlockSizeUser;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::config::model::{Algorithm, Issuer};
+use crate::reason::Reason;
 use crate::token::claims::{self, Claims, Round};
 use crate::token::keys::KeySet;
 
@@ -129,19 +130,19 @@ impl JwtError {
     }
 
     /// Metrics/log label (SPEC §7 `tokengate_auth_failures_total{reason}`).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            JwtError::Malformed(_) | JwtError::MissingExp => "malformed",
-            JwtError::Algorithm(_) => "wrong_algorithm",
-            JwtError::UnknownKid => "unknown_kid",
-            JwtError::NoKeys => "unavailable",
-            JwtError::BadSignature => "bad_signature",
-            JwtError::Crit => "unsupported_crit",
-            JwtError::Typ => "wrong_typ",
-            JwtError::Expired => "expired",
-            JwtError::NotYetValid | JwtError::IssuedInFuture => "not_yet_valid",
-            JwtError::WrongIssuer => "wrong_issuer",
-            JwtError::WrongAudience => "wrong_audience",
+            JwtError::Malformed(_) | JwtError::MissingExp => Reason::Malformed,
+            JwtError::Algorithm(_) => Reason::WrongAlgorithm,
+            JwtError::UnknownKid => Reason::UnknownKid,
+            JwtError::NoKeys => Reason::Unavailable,
+            JwtError::BadSignature => Reason::BadSignature,
+            JwtError::Crit => Reason::UnsupportedCrit,
+            JwtError::Typ => Reason::WrongTyp,
+            JwtError::Expired => Reason::Expired,
+            JwtError::NotYetValid | JwtError::IssuedInFuture => Reason::NotYetValid,
+            JwtError::WrongIssuer => Reason::WrongIssuer,
+            JwtError::WrongAudience => Reason::WrongAudience,
         }
     }
 

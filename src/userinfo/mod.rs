@@ -4,7 +4,7 @@
 //! [`Userinfo::enrich`] runs after verification on routes with `userinfo = true`:
 //!
 //! 1. A DPoP-bound token is never sent (its proof is bound to this request, not to the userinfo
-//!    endpoint): [`Outcome::Skipped`]`("dpop_bound_token")`, token claims only.
+//!    endpoint): [`Outcome::Skipped`]`(Reason::DpopBoundToken)`, token claims only.
 //! 2. The cache (`cache.rs`) is asked under (issuer index, SHA-256 of the whole token). An entry
 //!    is served while younger than `min(cache_ttl, route userinfo_max_age, token exp - now)`,
 //!    never later, whether or not the issuer is reachable. `userinfo_max_age = "0s"` never
@@ -40,6 +40,7 @@
 
 mod cache;
 mod client;
+mod phase;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,9 +51,11 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::config::{self, OnError};
 use crate::digest_hash::DigestHash;
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 use crate::token::claims::{self, Claims};
 use crate::token::jwks::IssuerKeys;
@@ -105,9 +108,9 @@ pub enum Outcome {
         answer: u64,
     },
     /// Forward with the token's claims only; the reason is for the access log:
-    /// `"dpop_bound_token"`, `"userinfo_unavailable"` (a failure under `on_error = "proceed"`),
-    /// `"no_userinfo_endpoint"` (likewise, the issuer has none).
-    Skipped(&'static str),
+    /// `DpopBoundToken`, `UserinfoUnavailable` (a failure under `on_error = "proceed"`),
+    /// `NoUserinfoEndpoint` (likewise, the issuer has none).
+    Skipped(Reason),
 }
 
 /// The verified access token of a request, as enrichment needs it.
@@ -231,7 +234,7 @@ impl Userinfo {
             bump(&self.stats.misses);
             bump(&self.stats.error);
             self.report_no_endpoint(token.issuer, issuer);
-            return self.on_error("no_userinfo_endpoint");
+            return self.on_error(Reason::NoUserinfoEndpoint);
         };
         let call = Call {
             key,
@@ -256,7 +259,7 @@ impl Userinfo {
         dpop_bound: bool,
     ) -> Option<Result<Outcome, Rejection>> {
         if dpop_bound {
-            return Some(Ok(Outcome::Skipped("dpop_bound_token")));
+            return Some(Ok(Outcome::Skipped(Reason::DpopBoundToken)));
         }
         let key: Key = (issuer, *sha256);
         let cached = self.cache.get(&key, Instant::now(), route_max_age)?;
@@ -342,11 +345,15 @@ impl Userinfo {
                     return fetched;
                 }
                 bump(&self.stats.misses);
-                // Its own task: the leader's client hanging up must not fail the waiters.
-                tokio::spawn(async move {
-                    let fetched = me.call(call).await;
-                    flight.publish(fetched);
-                });
+                // Its own task: the leader's client hanging up must not fail the waiters. It
+                // logs in the leader's request span.
+                tokio::spawn(
+                    async move {
+                        let fetched = me.call(call).await;
+                        flight.publish(fetched);
+                    }
+                    .in_current_span(),
+                );
             }
             (Some(_), None) => {
                 // Unreachable while `self` is alive (it only exists inside an `Arc`).
@@ -418,7 +425,7 @@ impl Userinfo {
                 let token_sub = claims::str_claim(token_claims, "sub");
                 if token_sub.is_none() || answer.sub() != token_sub {
                     return Err(Rejection::InvalidToken {
-                        reason: "userinfo_wrong_subject",
+                        reason: Reason::UserinfoWrongSubject,
                         description: "userinfo subject does not match the token".into(),
                     });
                 }
@@ -428,10 +435,10 @@ impl Userinfo {
                 })
             }
             Fetched::Rejected => Err(Rejection::InvalidToken {
-                reason: "userinfo_rejected",
+                reason: Reason::UserinfoRejected,
                 description: REJECTED_DESCRIPTION.into(),
             }),
-            Fetched::Failed(_) => self.on_error("userinfo_unavailable"),
+            Fetched::Failed(_) => self.on_error(Reason::UserinfoUnavailable),
         }
     }
 
@@ -454,10 +461,11 @@ impl Userinfo {
         claims
     }
 
-    fn on_error(&self, skipped: &'static str) -> Result<Outcome, Rejection> {
+    fn on_error(&self, skipped: Reason) -> Result<Outcome, Rejection> {
         match self.on_error {
             OnError::Proceed => Ok(Outcome::Skipped(skipped)),
             OnError::Deny => Err(Rejection::Unavailable {
+                reason: Reason::Unavailable,
                 description: "the issuer's userinfo endpoint is unavailable".into(),
                 retry_after_secs: RETRY_AFTER_SECS,
             }),

@@ -282,7 +282,7 @@ fn judge_compares_subjects_and_maps_failures() {
     let wrong = Fetched::Answer(Answer::new(&claims(json!({"sub": "bob"}))));
     let err = deny.judge(&key(1), wrong, &token).unwrap_err();
     assert_eq!(err.status(), 401);
-    assert_eq!(err.reason(), "userinfo_wrong_subject");
+    assert_eq!(err.reason(), Reason::UserinfoWrongSubject);
     let no_sub = Fetched::Answer(Answer::new(&claims(json!({"email": "a@x"}))));
     assert!(deny.judge(&key(1), no_sub.clone(), &token).is_err());
     // A token without `sub` never matches, not even an answer without one.
@@ -298,7 +298,7 @@ fn judge_compares_subjects_and_maps_failures() {
     assert_eq!(
         rejected,
         Rejection::InvalidToken {
-            reason: "userinfo_rejected",
+            reason: Reason::UserinfoRejected,
             description: REJECTED_DESCRIPTION.into(),
         }
     );
@@ -314,6 +314,6 @@ fn judge_compares_subjects_and_maps_failures() {
     });
     assert!(matches!(
         proceed.judge(&key(1), failed, &token),
-        Ok(Outcome::Skipped("userinfo_unavailable"))
+        Ok(Outcome::Skipped(Reason::UserinfoUnavailable))
     ));
 }

@@ -13,10 +13,9 @@ pub mod process;
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -25,17 +24,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use tokengate::gateway::Gateway;
-use tokengate::server::{self, Listeners};
-
-/// A running in-process proxy; dropping it shuts it down.
+/// A running in-process proxy (the same start-up path as `tokengate serve`); dropping it shuts
+/// it down.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Option<tokengate::app::Running>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,21 +53,17 @@ impl Proxy {
                     .join("\n")
             ),
         };
-        let config = Arc::new(loaded.config);
-        let gateway = Gateway::new(config.clone(), None).expect("gateway");
-        let listeners = Listeners::bind(&config).await.expect("bind");
-        let addr = listeners.main_addr().expect("addr");
-        let admin = listeners.admin_addr();
         let (tx, rx) = oneshot::channel::<()>();
-        let shared = Arc::new(ArcSwap::from_pointee(gateway));
-        let task = tokio::spawn(server::run(listeners, shared, async {
+        let running = tokengate::app::start(loaded.config, async {
             let _ = rx.await;
-        }));
+        })
+        .await
+        .expect("start");
         Proxy {
-            addr,
-            admin,
+            addr: running.addr,
+            admin: running.admin,
             shutdown: Some(tx),
-            task: Some(task),
+            running: Some(running),
             _dir: dir,
         }
     }
@@ -80,13 +72,13 @@ impl Proxy {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Triggers graceful shutdown and waits for `run` to return.
+    /// Triggers graceful shutdown and waits for the server to return.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        if let Some(running) = self.running.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
         }
     }
 }
@@ -96,8 +88,8 @@ impl Drop for Proxy {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(running) = self.running.take() {
+            running.abort();
         }
     }
 }

@@ -83,7 +83,7 @@ impl std::fmt::Debug for ReplayStore {
 impl ReplayStore {
     /// An empty store holding at most `capacity` live records (at least one). Nothing is
     /// allocated until the first record (a configuration that never sees DPoP pays nothing);
-    /// then room for the whole bound is reserved at once (up to [`PREALLOCATE_MAX`]), because
+    /// then room for the whole bound is reserved at once (up to `PREALLOCATE_MAX`), because
     /// growing later would rehash every record inside the critical section.
     pub fn new(capacity: usize) -> ReplayStore {
         ReplayStore {

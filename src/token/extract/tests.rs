@@ -1,7 +1,7 @@
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::HeaderMap;
 
-use super::{extract, Credential, ExtractError};
+use super::{extract, ExtractError, Found};
 
 fn headers(values: &[&[u8]]) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -15,29 +15,26 @@ fn headers(values: &[&[u8]]) -> HeaderMap {
 }
 
 /// One `Authorization` header value and what `extract` must make of it.
-const SINGLE: &[(&[u8], Result<Credential<'static>, ExtractError>)] = &[
-    (b"Bearer abc", Ok(Credential::Bearer("abc"))),
-    (b"bearer abc", Ok(Credential::Bearer("abc"))),
-    (b"BEARER abc", Ok(Credential::Bearer("abc"))),
-    (b"bEaReR abc", Ok(Credential::Bearer("abc"))),
-    (b"Bearer     abc", Ok(Credential::Bearer("abc"))),
-    (
-        b"Bearer eyJ.eyJ.c2ln",
-        Ok(Credential::Bearer("eyJ.eyJ.c2ln")),
-    ),
-    (b"Bearer a-b._~+/c9Z", Ok(Credential::Bearer("a-b._~+/c9Z"))),
-    (b"Bearer abc==", Ok(Credential::Bearer("abc=="))),
-    (b"DPoP abc", Ok(Credential::Dpop("abc"))),
-    (b"dpop abc", Ok(Credential::Dpop("abc"))),
-    (b"DPOP  abc", Ok(Credential::Dpop("abc"))),
+const SINGLE: &[(&[u8], Result<Found<'static>, ExtractError>)] = &[
+    (b"Bearer abc", Ok(Found::Bearer("abc"))),
+    (b"bearer abc", Ok(Found::Bearer("abc"))),
+    (b"BEARER abc", Ok(Found::Bearer("abc"))),
+    (b"bEaReR abc", Ok(Found::Bearer("abc"))),
+    (b"Bearer     abc", Ok(Found::Bearer("abc"))),
+    (b"Bearer eyJ.eyJ.c2ln", Ok(Found::Bearer("eyJ.eyJ.c2ln"))),
+    (b"Bearer a-b._~+/c9Z", Ok(Found::Bearer("a-b._~+/c9Z"))),
+    (b"Bearer abc==", Ok(Found::Bearer("abc=="))),
+    (b"DPoP abc", Ok(Found::Dpop("abc"))),
+    (b"dpop abc", Ok(Found::Dpop("abc"))),
+    (b"DPOP  abc", Ok(Found::Dpop("abc"))),
     // Other schemes are none of our business.
-    (b"Basic dXNlcjpwYXNz", Ok(Credential::None)),
-    (b"Basic", Ok(Credential::None)),
-    (b"Digest username=\"a\", realm=\"b\"", Ok(Credential::None)),
-    (b"Basic \xff\xfe", Ok(Credential::None)),
-    (b"Bearerxyz", Ok(Credential::None)),
-    (b"Bearer=abc", Ok(Credential::None)),
-    (b"DPoPabc", Ok(Credential::None)),
+    (b"Basic dXNlcjpwYXNz", Ok(Found::None)),
+    (b"Basic", Ok(Found::None)),
+    (b"Digest username=\"a\", realm=\"b\"", Ok(Found::None)),
+    (b"Basic \xff\xfe", Ok(Found::None)),
+    (b"Bearerxyz", Ok(Found::None)),
+    (b"Bearer=abc", Ok(Found::None)),
+    (b"DPoPabc", Ok(Found::None)),
     // Broken bearer / DPoP credentials.
     (b"Bearer", Err(ExtractError::Malformed)),
     (b"Bearer ", Err(ExtractError::Malformed)),
@@ -76,7 +73,7 @@ fn single_header_table() {
 
 #[test]
 fn no_header_is_no_credential() {
-    assert_eq!(extract(&HeaderMap::new()), Ok(Credential::None));
+    assert_eq!(extract(&HeaderMap::new()), Ok(Found::None));
 }
 
 #[test]

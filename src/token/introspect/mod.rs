@@ -64,6 +64,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::digest_hash::DigestHash;
+use crate::reason::Reason;
 use crate::token::claims::Claims;
 use crate::token::fetch;
 use crate::token::jwks::IssuerKeys;
@@ -206,7 +207,7 @@ impl Introspector {
         let introspects = |c: &&(usize, Arc<IssuerKeys>)| c.1.issuer().introspection.is_some();
         if !candidates.iter().any(|c| introspects(&c)) {
             return Err(IntrospectionError::Invalid {
-                reason: "malformed",
+                reason: Reason::Malformed,
                 description: "token is not a JWT and no issuer introspects tokens".into(),
             });
         }

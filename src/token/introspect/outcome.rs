@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 use crate::token::claims::Claims;
 
@@ -32,7 +33,7 @@ pub enum IntrospectionError {
     /// `wrong_audience`, `expired`, `not_yet_valid`, `malformed`), or no issuer introspects
     /// tokens: 401 `invalid_token`.
     Invalid {
-        reason: &'static str,
+        reason: Reason,
         description: Cow<'static, str>,
     },
     /// No issuer said active and at least one could not be asked: 503 `temporarily_unavailable`.
@@ -41,11 +42,11 @@ pub enum IntrospectionError {
 
 impl IntrospectionError {
     /// The label for the access log and `tokengate_auth_failures_total{reason}`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            IntrospectionError::Inactive => "inactive",
-            IntrospectionError::Invalid { reason, .. } => reason,
-            IntrospectionError::Unavailable => "unavailable",
+            IntrospectionError::Inactive => Reason::Inactive,
+            IntrospectionError::Invalid { reason, .. } => *reason,
+            IntrospectionError::Unavailable => Reason::Unavailable,
         }
     }
 
@@ -53,7 +54,7 @@ impl IntrospectionError {
     pub fn into_rejection(self) -> Rejection {
         match self {
             IntrospectionError::Inactive => Rejection::InvalidToken {
-                reason: "inactive",
+                reason: Reason::Inactive,
                 description: "token is not active".into(),
             },
             IntrospectionError::Invalid {
@@ -64,6 +65,7 @@ impl IntrospectionError {
                 description,
             },
             IntrospectionError::Unavailable => Rejection::Unavailable {
+                reason: Reason::Unavailable,
                 description: "the issuer's introspection endpoint is unavailable".into(),
                 retry_after_secs: RETRY_AFTER_SECS,
             },

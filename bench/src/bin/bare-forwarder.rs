@@ -9,7 +9,7 @@
 //! is HTTP/1.1. Not part of tokengate; a yardstick for the benchmark.
 //!
 //! With `--tokengate-pool` the hop goes through tokengate's own upstream pool
-//! (`tokengate::forward::UpstreamClient`) instead of hyper-util's legacy client: the benchmark's
+//! (`tokengate::forward::BarePool`) instead of hyper-util's legacy client: the benchmark's
 //! reference row that shows tokengate's cost over the very same hop.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: bad input panics with its message
 
@@ -30,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokengate::config::{Upstream, UpstreamTarget};
-use tokengate::forward::{UpstreamBody, UpstreamClient};
+use tokengate::forward::{BarePool, UpstreamBody};
 use tokio::net::TcpListener;
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -104,15 +104,14 @@ async fn forward(
 }
 
 async fn forward_pooled(
-    client: Arc<UpstreamClient>,
-    target: Arc<UpstreamTarget>,
+    pool: Arc<BarePool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Either<UpstreamBody, Full<Bytes>>>, Infallible> {
     // tokengate's pool sends origin-form targets.
     *req.uri_mut() = Uri::from(prepare(&mut req));
-    Ok(match client.send(&target, req).await {
-        Ok(response) => response.map(Either::Left),
-        Err(_) => bad_gateway(),
+    Ok(match pool.send(req).await {
+        Some(response) => response.map(Either::Left),
+        None => bad_gateway(),
     })
 }
 
@@ -167,20 +166,17 @@ async fn main() {
             authority: upstream,
         });
         let settings = Upstream {
-            target: target.clone(),
+            target,
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
             max_connections: 1024,
             ca_file: None,
         };
-        let client = Arc::new(UpstreamClient::new(&settings, &[]).unwrap_or_else(|e| {
+        let pool = Arc::new(BarePool::new(&settings).unwrap_or_else(|e| {
             eprintln!("{e}");
             std::process::exit(1)
         }));
-        serve(listener, move |req| {
-            forward_pooled(client.clone(), target.clone(), req)
-        })
-        .await;
+        serve(listener, move |req| forward_pooled(pool.clone(), req)).await;
     } else {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

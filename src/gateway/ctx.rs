@@ -1,0 +1,52 @@
+//! The per-request context (Pingora's `CTX`): what the phases learn about a request that is for
+//! the operator rather than for the next phase — the access-line fields, when it started, and the
+//! `tracing` span every log event inside the request carries (so a warning from the forwarder,
+//! the key fetcher or the userinfo client names its request id).
+
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::Method;
+use tracing::Span;
+
+use crate::authn::{ClaimsSource, Principal};
+use crate::scrub;
+use crate::telemetry::AccessLine;
+
+pub struct RequestCtx {
+    pub line: AccessLine,
+    pub start: Instant,
+    pub span: Span,
+}
+
+impl RequestCtx {
+    /// At the very start of a request: its id (the client's when acceptable, else a new one).
+    pub fn new(headers: &http::HeaderMap, method: &Method) -> Self {
+        let request_id = scrub::request_id(headers);
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or_default()
+        );
+        RequestCtx {
+            line: AccessLine::new(request_id, method.clone()),
+            start: Instant::now(),
+            span,
+        }
+    }
+
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.line.request_id
+    }
+
+    /// After enrichment, before policy, so a 403 is logged with who was refused.
+    pub fn caller(&mut self, principal: &Principal) {
+        if let Principal::Caller(caller) = principal {
+            self.line.auth = Some(caller.auth);
+            self.line.sub = caller.sub().map(str::to_owned);
+            self.line.client_id = caller.client_id().map(str::to_owned);
+            if let ClaimsSource::Skipped(note) = caller.source {
+                self.line.reason = Some(note);
+            }
+        }
+    }
+}

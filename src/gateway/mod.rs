@@ -1,0 +1,183 @@
+//! The request pipeline: the only place that knows the order of the phases (SPEC §4; the
+//! diagram is in the crate documentation). `Gateway::run` is that order, one line per phase,
+//! each phase a function from the previous phase's value to the next one's, or a `Rejection`;
+//! [`Gateway::handle`] runs it and then always finishes the request (request id on the answer,
+//! access line), success or not.
+//!
+//! The values are typed so the order is the compiler's, not a comment's: minting the upstream
+//! request takes an `Authorized`, which only `policy::authorize` makes, and forwarding takes the
+//! `UpstreamRequest` only minting makes. Authentication reads the client's `Authorization` before
+//! header hygiene removes it (at minting), which is observably the same as SPEC's order.
+
+mod ctx;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::Instrument as _;
+
+pub use ctx::RequestCtx;
+
+use crate::authn::{self, Authenticator};
+use crate::config::Config;
+use crate::forward::{UpstreamBody, UpstreamClient};
+use crate::identity::Identity;
+use crate::inbound::{ConnInfo, Framing, Inbound};
+use crate::policy;
+use crate::reason::AuthMethod;
+use crate::rejection::Rejection;
+use crate::route::{self, Routed};
+use crate::scrub::X_REQUEST_ID;
+use crate::telemetry;
+use crate::token::dpop::DPOP_NONCE;
+use crate::userinfo::Userinfo;
+
+/// Where the main listener publishes the identity verification keys (SPEC §5).
+pub const JWKS_PATH: &str = "/.well-known/tokengate/jwks.json";
+
+/// What a response body is: the upstream's, streamed, or one of our own small JSON answers.
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// One configuration generation: every phase's state, built once.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Arc<Config>,
+    authn: Authenticator,
+    userinfo: Arc<Userinfo>,
+    identity: Identity,
+    upstream: UpstreamClient,
+}
+
+impl Gateway {
+    /// Builds one configuration generation. `previous` (on reload) lends its issuers' key state
+    /// for issuers whose settings did not change, and its DPoP replay state.
+    pub fn new(config: Arc<Config>, previous: Option<&Gateway>) -> Result<Self, String> {
+        let identity = Identity::new(&config)?;
+        let authn = Authenticator::new(&config, previous.map(|p| &p.authn))?;
+        let userinfo = Userinfo::new(&config.userinfo);
+        tokio::spawn(userinfo.clone().run_purger(authn.issuers().stopped()));
+        Ok(Gateway {
+            upstream: UpstreamClient::new(&config.upstream, &config.routes)?,
+            authn,
+            userinfo,
+            identity,
+            config,
+        })
+    }
+
+    /// Answers one request. Never fails: every problem becomes a `Rejection` response.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        framing: Framing,
+    ) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx::new(req.headers(), req.method());
+        let span = ctx.span.clone();
+        let result = self
+            .run(req, conn, framing, &mut ctx)
+            .instrument(span)
+            .await;
+        self.finish(result, ctx)
+    }
+
+    /// The phases, in SPEC §4's order. One async function with synchronous phases and boxed
+    /// slow paths: each nested async layer would add its own copy of the request to a future
+    /// that is moved on every request.
+    async fn run(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+        framing: Framing,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        // 0, 1: framing, method, host, path.
+        let inbound = Inbound::admit(req, conn, framing, &self.config.server)?;
+        // The published keys take precedence over every route and are never authenticated.
+        if is_published_keys(&inbound) {
+            return Ok(self.identity.jwks().response().map(Either::Right));
+        }
+        // 2: the first matching route.
+        let routed = self.route(inbound, ctx)?;
+        // 3, 4: the credential, verified (signature or introspection, sender constraints).
+        let credential = authn::extract(&routed)?;
+        let verified = self.authn.verify(credential, &routed).await?;
+        // 5: userinfo enrichment.
+        let issuers = self.authn.issuers();
+        let principal = self
+            .userinfo
+            .enrich_caller(verified, routed.route, issuers)
+            .await?;
+        ctx.caller(&principal);
+        // 6: the route's policy.
+        let authorized = policy::authorize(routed.route, principal)?;
+        // 7: header hygiene and the identity the upstream receives.
+        let upstream = self.identity.mint(authorized, routed, ctx.request_id())?;
+        // 8: forward and stream back.
+        let response = self.upstream.send(upstream).await?;
+        Ok(response.map(Either::Left))
+    }
+
+    /// Phase 2, with the route and the normalized path noted for the access line.
+    fn route<'g>(
+        &'g self,
+        mut inbound: Inbound,
+        ctx: &mut RequestCtx,
+    ) -> Result<Routed<'g>, Rejection> {
+        let found = route::find(
+            &self.config.routes,
+            &inbound.path.match_path,
+            &inbound.parts.method,
+            inbound.host.as_ref(),
+        );
+        ctx.line.path = Some(std::mem::take(&mut inbound.path.match_path));
+        let route = found.ok_or(Rejection::NoRoute)?;
+        ctx.line.route = Some(route.id.clone());
+        Ok(Routed { inbound, route })
+    }
+
+    /// Always runs: the rejection rendered, `X-Request-Id` (and a DPoP caller's next nonce) on
+    /// the answer, the access line.
+    fn finish(
+        &self,
+        result: Result<Response<ProxyBody>, Rejection>,
+        mut ctx: RequestCtx,
+    ) -> Response<ProxyBody> {
+        let mut response = match result {
+            Ok(response) => response,
+            Err(rejection) => {
+                ctx.line.reason = Some(rejection.reason());
+                rejection
+                    .into_response(&self.config.server.realm)
+                    .map(Either::Right)
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id().clone());
+        if ctx.line.auth == Some(AuthMethod::Dpop) {
+            if let Some(nonce) = self.authn.dpop_nonce() {
+                headers.insert(DPOP_NONCE.clone(), nonce);
+            }
+        }
+        telemetry::access(&ctx.line, response.status(), ctx.start.elapsed());
+        response
+    }
+
+    /// The identity verification keys, for the admin listener's `/jwks.json`.
+    pub fn jwks_response(&self) -> Response<Full<Bytes>> {
+        self.identity.jwks().response()
+    }
+
+    /// Ids of issuers without a usable key set (for `/readyz`).
+    pub fn not_ready_issuers(&self) -> Vec<String> {
+        self.authn.issuers().not_ready()
+    }
+}
+
+fn is_published_keys(inbound: &Inbound) -> bool {
+    inbound.path.match_path == JWKS_PATH
+        && matches!(inbound.parts.method, Method::GET | Method::HEAD)
+}
