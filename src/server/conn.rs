@@ -29,13 +29,14 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
 use super::framing_guard::{FramingGuard, HeadFlags};
 use super::rewind::{Rewind, MAX_PREFIX};
@@ -50,7 +51,7 @@ const HYPER_MIN_BUF: usize = 8192;
 /// Connection-level settings, read from the configuration at start (listeners are not reloaded).
 pub(super) struct ConnSettings {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: http2::Builder<SpanExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     /// `Some` when `[server.tls]` is configured: every connection is TLS.
@@ -66,7 +67,7 @@ impl ConnSettings {
         h1.timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(buf);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        let mut h2 = http2::Builder::new(SpanExecutor);
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(server.max_concurrent_streams)
             .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
@@ -77,6 +78,21 @@ impl ConnSettings {
             idle_timeout: server.idle_timeout,
             tls,
         }
+    }
+}
+
+/// hyper's HTTP/2 server runs each stream as a task of its own; this executor keeps the
+/// connection's span (its peer) on them, as HTTP/1.1 requests have it by running inline.
+#[derive(Clone, Copy)]
+pub(super) struct SpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.in_current_span());
     }
 }
 

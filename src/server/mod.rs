@@ -30,6 +30,7 @@ use hyper::body::{Body, Incoming};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, ProxyBody};
@@ -230,11 +231,16 @@ async fn accept_loop<H: Handler>(
             phase.clone(),
             alive.clone(),
         );
-        tokio::spawn(async move {
-            conn::serve(tcp, peer, settings, handler, phase).await;
-            drop(permit);
-            drop(alive);
-        });
+        // Every log event of the connection, its requests' included, names the peer.
+        let span = tracing::info_span!("conn", listener = name, %peer);
+        tokio::spawn(
+            async move {
+                conn::serve(tcp, peer, settings, handler, phase).await;
+                drop(permit);
+                drop(alive);
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -37,10 +37,12 @@ pub fn init() -> WorkerGuard {
         .with_writer(writer);
     // A second init (tests) keeps the first subscriber.
     let installed = if json {
+        // `span`: the request's id (and the connection's peer) on every event inside a request.
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init()
     } else {
         builder.try_init()

@@ -35,6 +35,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::config::Issuer;
 use crate::token::fetch::{self, FetchError, MAX_DOCUMENT_BYTES};
@@ -194,11 +195,15 @@ impl IssuerKeys {
             return None;
         }
         let claim = Claim(me.clone());
-        // Its own task: dropping this request's future must not cancel the refresh.
-        let task = tokio::spawn(async move {
-            let _claim = claim;
-            me.refresh(false).await
-        });
+        // Its own task: dropping this request's future must not cancel the refresh. It logs in
+        // the request's span (its request id).
+        let task = tokio::spawn(
+            async move {
+                let _claim = claim;
+                me.refresh(false).await
+            }
+            .in_current_span(),
+        );
         task.await.ok()?.ok().flatten()
     }
 

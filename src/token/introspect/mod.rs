@@ -62,6 +62,7 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
@@ -338,11 +339,15 @@ impl Introspector {
                     now_unix,
                     started: now,
                 };
-                // Its own task: the leader's client hanging up must not fail the waiters.
-                tokio::spawn(async move {
-                    let fetched = me.call(call).await;
-                    leader.publish(fetched);
-                });
+                // Its own task: the leader's client hanging up must not fail the waiters. It
+                // logs in the leader's request span.
+                tokio::spawn(
+                    async move {
+                        let fetched = me.call(call).await;
+                        leader.publish(fetched);
+                    }
+                    .in_current_span(),
+                );
                 waiter
             }
             (Joined::Leader(..), None) => {
