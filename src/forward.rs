@@ -21,6 +21,7 @@ use rustls_pki_types::CertificateDer;
 use crate::config::{Route, Upstream, UpstreamTarget};
 use crate::rejection::Rejection;
 
+pub mod h2;
 mod pool;
 
 use pool::Pool;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod h2_upstream;
 pub mod issuer;
 pub mod pki;
 pub mod process;
