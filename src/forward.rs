@@ -24,6 +24,7 @@ use crate::reason::Reason;
 use crate::rejection::Rejection;
 use crate::scrub;
 
+pub mod h2;
 mod pool;
 
 pub use pool::UpstreamBody;

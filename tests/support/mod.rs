@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod gate;
+pub mod h2_upstream;
 pub mod h2c_upstream;
 pub mod h2raw;
 pub mod issuer;
@@ -13,7 +14,6 @@ pub mod process;
 pub mod wire;
 
 use std::net::SocketAddr;
-
 use std::time::Duration;
 
 use bytes::Bytes;
