@@ -4,6 +4,7 @@
 //! that cannot hold them.
 
 mod access;
+pub mod metrics;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
