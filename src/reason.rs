@@ -115,7 +115,34 @@ impl Reason {
 
     /// Whether it counts in `tokengate_auth_failures_total`.
     pub fn is_auth_failure(self) -> bool {
-        Self::AUTH_FAILURES.contains(&self)
+        self.auth_failure_slot().is_some()
+    }
+
+    /// Its position in [`Reason::AUTH_FAILURES`] (a metric's slot), for an authentication failure.
+    pub const fn auth_failure_slot(self) -> Option<usize> {
+        Some(match self {
+            Reason::MissingToken => 0,
+            Reason::Malformed => 1,
+            Reason::BadSignature => 2,
+            Reason::Expired => 3,
+            Reason::NotYetValid => 4,
+            Reason::UnknownKid => 5,
+            Reason::WrongIssuer => 6,
+            Reason::WrongAudience => 7,
+            Reason::Inactive => 8,
+            Reason::InvalidDpopProof => 9,
+            Reason::InsufficientScope => 10,
+            Reason::AccessDenied => 11,
+            Reason::Unavailable => 12,
+            Reason::WrongAlgorithm => 13,
+            Reason::WrongTyp => 14,
+            Reason::UnsupportedCrit => 15,
+            Reason::SenderConstraint => 16,
+            Reason::UserinfoRejected => 17,
+            Reason::UserinfoWrongSubject => 18,
+            Reason::UseDpopNonce => 19,
+            _ => return None,
+        })
     }
 }
 
@@ -175,6 +202,13 @@ mod tests {
         ];
         let names: Vec<&str> = Reason::AUTH_FAILURES.iter().map(|r| r.as_str()).collect();
         assert_eq!(&names[..spec.len()], spec);
+    }
+
+    #[test]
+    fn auth_failure_slots_are_positions_in_the_list() {
+        for (i, reason) in Reason::AUTH_FAILURES.into_iter().enumerate() {
+            assert_eq!(reason.auth_failure_slot(), Some(i), "{reason}");
+        }
     }
 
     #[test]

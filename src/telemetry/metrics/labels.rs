@@ -9,6 +9,8 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::reason::Reason;
+
 /// A label whose values are a closed set.
 pub trait FixedLabel: Copy + 'static {
     /// The label name, e.g. `outcome`.
@@ -61,32 +63,25 @@ macro_rules! fixed_label {
     };
 }
 
-fixed_label! {
-    /// `tokengate_auth_failures_total{reason}`: SPEC §7's list, then the further reasons
-    /// tokengate's verifiers report (`JwtError::reason`, `Rejection::reason`, DPoP), then
-    /// `other` for a string outside the set (a bug: see `Metrics::auth_failure`).
-    AuthFailure, key = "reason" {
-        MissingToken = "missing_token",
-        Malformed = "malformed",
-        BadSignature = "bad_signature",
-        Expired = "expired",
-        NotYetValid = "not_yet_valid",
-        UnknownKid = "unknown_kid",
-        WrongIssuer = "wrong_issuer",
-        WrongAudience = "wrong_audience",
-        Inactive = "inactive",
-        InvalidDpopProof = "invalid_dpop_proof",
-        InsufficientScope = "insufficient_scope",
-        AccessDenied = "access_denied",
-        Unavailable = "unavailable",
-        WrongAlgorithm = "wrong_algorithm",
-        WrongTyp = "wrong_typ",
-        UnsupportedCrit = "unsupported_crit",
-        SenderConstraint = "sender_constraint",
-        UserinfoRejected = "userinfo_rejected",
-        UserinfoWrongSubject = "userinfo_wrong_subject",
-        UseDpopNonce = "use_dpop_nonce",
-        Other = "other",
+/// `tokengate_auth_failures_total{reason}`: the authentication failures of the one reason enum
+/// (SPEC §7's list first), so the label and the access line's `reason` can never disagree.
+impl FixedLabel for Reason {
+    const KEY: &'static str = "reason";
+    const ALL: &'static [Self] = &Reason::AUTH_FAILURES;
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// Only meaningful for an authentication failure (`Metrics::auth_failure` checks).
+    fn index(self) -> usize {
+        self.auth_failure_slot().unwrap_or(0)
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        Reason::AUTH_FAILURES
+            .into_iter()
+            .find(|r| r.as_str() == label)
     }
 }
 

@@ -36,10 +36,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 
+use crate::reason::Reason;
+
 pub use histogram::BUCKETS_SECONDS;
 pub use labels::{
-    AuthFailure, CacheResult, DpopOutcome, FixedLabel, IntrospectionOutcome, Outcome,
-    SharedStoreOp, UserinfoOutcome,
+    CacheResult, DpopOutcome, FixedLabel, IntrospectionOutcome, Outcome, SharedStoreOp,
+    UserinfoOutcome,
 };
 pub use route::RouteMetrics;
 
@@ -74,7 +76,7 @@ struct Core {
     /// configuration is loaded and, briefly, to copy the list at a scrape.
     routes: Mutex<BTreeMap<Box<str>, Arc<RouteMetrics>>>,
     issuers: Mutex<BTreeMap<Box<str>, Arc<IssuerMetrics>>>,
-    auth_failures: labels::Counts<AuthFailure>,
+    auth_failures: labels::Counts<Reason>,
     userinfo_cache: labels::Counts<CacheResult>,
     userinfo_requests: labels::Counts<UserinfoOutcome>,
     config_reloads: labels::Counts<Outcome>,
@@ -177,20 +179,13 @@ impl Metrics {
         issuer
     }
 
-    /// `tokengate_auth_failures_total{reason}`. `reason` is a rejection's label
-    /// (`Rejection::reason`, `JwtError::reason`, ...) and must be one of [`AuthFailure`]'s
-    /// values; pass only authentication/authorization refusals (not `no_route`,
-    /// `bad_gateway`, ...). Anything else counts as `other` (and fails a debug assertion, so
-    /// tests catch the mismatch); it never adds a series.
-    pub fn auth_failure(&self, reason: &'static str) {
-        let known = AuthFailure::from_label(reason);
-        self.core
-            .auth_failures
-            .inc(known.unwrap_or(AuthFailure::Other));
-        debug_assert!(
-            known.is_some(),
-            "{reason:?} is not a tokengate_auth_failures_total reason"
-        );
+    /// `tokengate_auth_failures_total{reason}`, for a reason that is an authentication failure
+    /// (`Reason::is_auth_failure`); any other reason (`no_route`, `bad_gateway`, a note) is not
+    /// counted here.
+    pub fn auth_failure(&self, reason: Reason) {
+        if reason.is_auth_failure() {
+            self.core.auth_failures.inc(reason);
+        }
     }
 
     /// `tokengate_userinfo_cache_total{result}`.
