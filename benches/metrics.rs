@@ -62,7 +62,7 @@ fn request(c: &mut Criterion) {
     });
 
     group.bench_function("auth_failure", |b| {
-        b.iter(|| metrics.auth_failure(black_box("insufficient_scope")))
+        b.iter(|| metrics.auth_failure(black_box(tokengate::reason::Reason::InsufficientScope)))
     });
 
     // Reference: the same three updates through prometheus-client's Family and Histogram.

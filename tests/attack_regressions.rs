@@ -20,6 +20,7 @@
 //! 4. *Broken request-body framing is blamed on the upstream*: a chunked body with a bad chunk
 //!    line is answered `502 bad_gateway` ("the upstream could not be reached"), logged as an
 //!    upstream failure and counted as one, instead of a client error (SPEC §4 item 0, §6).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 

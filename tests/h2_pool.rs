@@ -3,6 +3,7 @@
 //! refused or went away from, the connection cap, GOAWAY, hung and vanished upstreams, TLS with
 //! ALPN, HTTP/1-only headers, trailers, and 50 MiB bodies both ways. Connections are counted by
 //! the servers (accept counters), never inferred from timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
 
