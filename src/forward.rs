@@ -26,9 +26,11 @@ use crate::scrub;
 
 pub mod h2;
 mod pool;
+mod request_body;
 
 pub use pool::UpstreamBody;
 use pool::{Pool, SendError};
+use request_body::{is_client_body_error, NotStarted, RequestBody};
 
 /// One pool per distinct upstream origin, shared by the routes that use it.
 pub struct UpstreamClient {
@@ -36,6 +38,8 @@ pub struct UpstreamClient {
     /// with its origin's pool.
     pools: Vec<(Arc<UpstreamTarget>, Arc<Pool>)>,
     timeout: Duration,
+    /// How long a request body may take to start (`header_read_timeout`, see `request_body`).
+    body_start: Duration,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -49,7 +53,12 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     /// Builds the pools; fails when `ca_file` cannot be read or holds no certificate.
-    pub fn new(upstream: &Upstream, routes: &[Route]) -> Result<Self, String> {
+    /// `body_start`: how long a request body may take to start before the request gets 408.
+    pub fn new(
+        upstream: &Upstream,
+        routes: &[Route],
+        body_start: Duration,
+    ) -> Result<Self, String> {
         let connector = connector(upstream)?;
         let targets = std::iter::once(&upstream.target)
             .chain(routes.iter().filter_map(|r| r.upstream.as_ref()));
@@ -72,6 +81,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             pools,
             timeout: upstream.timeout,
+            body_start,
         })
     }
 
@@ -80,6 +90,16 @@ impl UpstreamClient {
     /// The upstream's hop-by-hop headers are not passed on.
     pub async fn send(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
         let (request, target, client_upgrade) = req.into_parts();
+        let (parts, body) = request.into_parts();
+        let body = match RequestBody::started(body, self.body_start).await {
+            Ok(body) => body,
+            Err(NotStarted::TimedOut) => return Err(Rejection::RequestTimeout),
+            Err(NotStarted::Failed(error)) => {
+                tracing::debug!(%error, "request body failed before it was forwarded");
+                return Err(bad_body());
+            }
+        };
+        let request = Request::from_parts(parts, body);
         let mut response = self.exchange(&target, request).await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
@@ -98,7 +118,7 @@ impl UpstreamClient {
     async fn exchange(
         &self,
         target: &Arc<UpstreamTarget>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         let Some((_, pool)) = self.pools.iter().find(|(t, _)| Arc::ptr_eq(t, target)) else {
             tracing::error!(upstream = %target.origin, "no connection pool for this upstream");
@@ -114,6 +134,12 @@ impl UpstreamClient {
                     retry_after_secs: 1,
                 })
             }
+            Ok(Err(SendError::Failed(error))) if is_client_body_error(&*error) => {
+                // The client's body broke (bad chunk framing, a hang-up mid-upload): its fault,
+                // not the upstream's.
+                tracing::debug!(error = %error_chain(&*error), "request body failed while forwarding");
+                Err(bad_body())
+            }
             Ok(Err(SendError::Failed(error))) => {
                 tracing::warn!(error = %error_chain(&*error), "upstream request failed");
                 Err(Rejection::BadGateway)
@@ -121,6 +147,10 @@ impl UpstreamClient {
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+fn bad_body() -> Rejection {
+    Rejection::bad_framing("the request body is malformed or ended early")
 }
 
 /// The connection pool of one upstream origin without any of the request pipeline, for the
@@ -142,7 +172,9 @@ impl BarePool {
 
     /// Sends an origin-form request and waits for response headers.
     pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
-        self.0.send(req).await.ok()
+        let (parts, body) = req.into_parts();
+        let body = RequestBody::started(body, Duration::MAX).await.ok()?;
+        self.0.send(Request::from_parts(parts, body)).await.ok()
     }
 }
 

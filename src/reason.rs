@@ -38,6 +38,8 @@ pub enum Reason {
 
     BadRequest,
     HeaderTooLarge,
+    /// The request body did not start within `header_read_timeout` (408).
+    RequestTimeout,
     NoRoute,
     /// `[upstream].max_connections` reached (503).
     UpstreamSaturated,
@@ -102,6 +104,7 @@ impl Reason {
             Reason::UseDpopNonce => "use_dpop_nonce",
             Reason::BadRequest => "bad_request",
             Reason::HeaderTooLarge => "header_too_large",
+            Reason::RequestTimeout => "request_timeout",
             Reason::NoRoute => "no_route",
             Reason::UpstreamSaturated => "upstream_saturated",
             Reason::BadGateway => "bad_gateway",
@@ -229,6 +232,7 @@ mod tests {
         let all = [
             Reason::BadRequest,
             Reason::HeaderTooLarge,
+            Reason::RequestTimeout,
             Reason::NoRoute,
             Reason::UpstreamSaturated,
             Reason::BadGateway,

@@ -47,6 +47,9 @@ pub enum Rejection {
     },
     /// 431: the request head exceeds `max_header_bytes`.
     HeaderTooLarge,
+    /// 408 `request_timeout`: the request body did not start within `header_read_timeout`
+    /// (the connection is closed).
+    RequestTimeout,
     /// 404 `no_route`.
     NoRoute,
     /// 401 without an `error` attribute (RFC 6750 §3.1).
@@ -105,6 +108,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::MissingToken | Rejection::InvalidToken { .. } | Rejection::Dpop { .. } => {
                 StatusCode::UNAUTHORIZED
@@ -125,6 +129,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest { .. } => Reason::BadRequest,
             Rejection::HeaderTooLarge => Reason::HeaderTooLarge,
+            Rejection::RequestTimeout => Reason::RequestTimeout,
             Rejection::NoRoute => Reason::NoRoute,
             Rejection::MissingToken => Reason::MissingToken,
             Rejection::InvalidToken { reason, .. }
@@ -142,6 +147,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest { .. } => "invalid_request",
             Rejection::HeaderTooLarge => "request_header_fields_too_large",
+            Rejection::RequestTimeout => "request_timeout",
             Rejection::NoRoute => "no_route",
             Rejection::MissingToken => "missing_token",
             Rejection::InvalidToken { .. } => "invalid_token",
@@ -159,6 +165,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest { description, .. } => Cow::Borrowed(description),
             Rejection::HeaderTooLarge => Cow::Borrowed("request head exceeds the size limit"),
+            Rejection::RequestTimeout => Cow::Borrowed("the request body did not start in time"),
             Rejection::NoRoute => Cow::Borrowed("no route matches this request"),
             Rejection::MissingToken => Cow::Borrowed("a bearer token is required"),
             Rejection::InvalidToken { description, .. } => Cow::Borrowed(description),
@@ -178,7 +185,10 @@ impl Rejection {
 
     /// Whether the connection must be closed after this answer.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Rejection::BadRequest { close: true, .. })
+        matches!(
+            self,
+            Rejection::BadRequest { close: true, .. } | Rejection::RequestTimeout
+        )
     }
 
     /// Renders the answer: status, `WWW-Authenticate` where RFC 6750 wants one, JSON body.

@@ -35,6 +35,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
+use super::request_body::RequestBody;
 use crate::config::UpstreamTarget;
 
 /// Idle time is counted in ticks of the pool's reaper task, not read from the clock per request.
@@ -82,12 +83,12 @@ pub struct Pool {
 /// A connection found for a request: a reused one (a failed first write may be retried) or a
 /// fresh one.
 enum Slot {
-    Idle(SendRequest<Incoming>),
-    New(SendRequest<Incoming>),
+    Idle(SendRequest<RequestBody>),
+    New(SendRequest<RequestBody>),
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     /// The tick at which it became idle.
     since: u64,
 }
@@ -146,7 +147,7 @@ impl Pool {
     /// Sends `req` (origin-form URI) on an idle connection or a new one, until response headers.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
@@ -200,7 +201,7 @@ impl Pool {
     }
 
     /// The newest idle connection that is still open and not expired.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let now = self.ticks.load(Ordering::Relaxed);
         let mut idle = self.lock();
         while let Some(entry) = idle.pop_back() {
@@ -214,7 +215,7 @@ impl Pool {
     async fn connect(
         self: &Arc<Self>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<Incoming>, BoxError> {
+    ) -> Result<SendRequest<RequestBody>, BoxError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.origin.clone()).await?;
@@ -236,7 +237,7 @@ impl Pool {
     /// end. A protocol switch (101) hands the connection to the upgrade instead.
     fn body_returns(
         self: &Arc<Self>,
-        sender: SendRequest<Incoming>,
+        sender: SendRequest<RequestBody>,
         response: Response<Incoming>,
     ) -> Response<UpstreamBody> {
         let reuse = (response.status() != StatusCode::SWITCHING_PROTOCOLS)
@@ -250,7 +251,7 @@ impl Pool {
         })
     }
 
-    fn put(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+    fn put(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
         if sender.is_ready() {
             let now = self.ticks.load(Ordering::Relaxed);
             let mut idle = self.lock();
@@ -303,7 +304,7 @@ async fn reap(pool: Weak<Pool>) {
 /// An upstream response body, streamed; gives its connection back to the pool at its end.
 pub struct UpstreamBody {
     inner: Incoming,
-    reuse: Option<(SendRequest<Incoming>, Arc<Pool>)>,
+    reuse: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
 }
 
 impl UpstreamBody {

@@ -60,7 +60,11 @@ impl Gateway {
         let userinfo = Userinfo::new(&config.userinfo);
         tokio::spawn(userinfo.clone().run_purger(authn.issuers().stopped()));
         Ok(Gateway {
-            upstream: UpstreamClient::new(&config.upstream, &config.routes)?,
+            upstream: UpstreamClient::new(
+                &config.upstream,
+                &config.routes,
+                config.server.header_read_timeout,
+            )?,
             authn,
             userinfo,
             identity,

@@ -45,6 +45,11 @@ use crate::inbound::{ConnInfo, Framing, Scheme};
 
 const H2_PREFACE: &[u8; MAX_PREFIX] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a connection a deadline closed (GOAWAY sent, no stream open) may take to go away
+/// before it is dropped: hyper's HTTP/2 graceful close waits for the client to acknowledge a
+/// PING, which an idle or hostile client never does.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
+
 /// hyper needs its read buffer to be at least this large.
 const HYPER_MIN_BUF: usize = 8192;
 
@@ -223,7 +228,7 @@ async fn run<IO, H>(
         activity: activity.clone(),
         first_deadline,
         idle_timeout: settings.idle_timeout,
-        closing_grace: settings.header_read_timeout,
+        closing_grace: CLOSING_GRACE.min(settings.header_read_timeout),
         peer,
     };
     match proto {

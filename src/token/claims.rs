@@ -28,6 +28,18 @@ pub enum Round {
     Up,
 }
 
+/// `sub`, when present, must be a non-empty string (RFC 7519 §4.1.2: StringOrURI). A token with
+/// `sub: 123` or `sub: ""` is refused rather than forwarded: SPEC §5 puts the `client_id` in an
+/// assertion's `sub` only for a token *without* one, so a malformed `sub` must never make a
+/// user look like its client.
+pub fn check_sub(c: &Claims) -> Result<(), InvalidClaim> {
+    match c.get("sub") {
+        None => Ok(()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(()),
+        Some(_) => Err(InvalidClaim),
+    }
+}
+
 /// The claim as a string; `None` when absent or not a string.
 pub fn str_claim<'a>(c: &'a Claims, name: &str) -> Option<&'a str> {
     c.get(name).and_then(Value::as_str)

@@ -451,6 +451,7 @@ fn check_claims(c: &Claims, issuer: &Issuer, now: i64, profile: Profile) -> Resu
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(JwtError::Malformed("iss is not a string")),
     };
+    claims::check_sub(c).map_err(malformed("sub is not a non-empty string"))?;
 
     let skew = i64::try_from(issuer.clock_skew.as_secs()).unwrap_or(i64::MAX);
     match exp {

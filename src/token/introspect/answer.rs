@@ -10,7 +10,8 @@
 //! - `aud`, when present, a string or an array of strings containing one of the issuer's
 //!   `audiences` (not checked with `allow_any_audience`);
 //! - `exp`, when present, a NumericDate with `exp + clock_skew > now`;
-//! - `nbf`, when present, a NumericDate with `nbf <= now + clock_skew`.
+//! - `nbf`, when present, a NumericDate with `nbf <= now + clock_skew`;
+//! - `sub`, when present, a non-empty string.
 //!
 //! `iss`, `aud` and the member types do not depend on the time: they are checked once, when the
 //! answer arrives, and the verdict is kept with it; `exp` and `nbf` are checked on every use.
@@ -167,6 +168,7 @@ fn check_fixed(claims: &Claims, issuer: &Issuer) -> Result<(), JwtError> {
         Some(Value::String(_)) => return Err(JwtError::WrongIssuer),
         Some(_) => return Err(JwtError::Malformed("iss is not a string")),
     }
+    claims::check_sub(claims).map_err(|_| JwtError::Malformed("sub is not a non-empty string"))?;
     let aud = claims::audiences(claims)
         .map_err(|_| JwtError::Malformed("aud is not a string or an array of strings"))?;
     if let Some(aud) = aud {
