@@ -15,6 +15,13 @@ use crate::server::SharedGateway;
 
 /// Reloads `path` into `shared`. Returns whether the new configuration took effect.
 pub fn reload(path: &Path, shared: &SharedGateway) -> bool {
+    let metrics = shared.load().metrics().clone();
+    let ok = apply(path, shared);
+    metrics.config_reload(ok);
+    ok
+}
+
+fn apply(path: &Path, shared: &SharedGateway) -> bool {
     let loaded = match config::load_file(path) {
         Ok(loaded) => loaded,
         Err(problems) => {

@@ -12,7 +12,6 @@
 //! The same rules hold for a JWT and for an opaque token whose introspection answer has `cnf`.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -24,6 +23,7 @@ use crate::inbound::Inbound;
 use crate::reason::{AuthMethod, Reason};
 use crate::rejection::{DpopError, Rejection};
 use crate::scrub::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::telemetry::metrics::{DpopOutcome, FixedLabel as _, Metrics};
 use crate::token::claims::Claims;
 use crate::token::dpop::{DpopChecker, ExpectedHtu, ProofErrorKind, ProofRequest};
 
@@ -39,10 +39,11 @@ pub struct Senders {
     public_base: Option<(String, String)>,
     trusted_proxies: Vec<IpNet>,
     allow_path_parameters: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Senders {
-    pub fn new(config: &Config, dpop: Arc<DpopChecker>) -> Senders {
+    pub fn new(config: &Config, dpop: Arc<DpopChecker>, metrics: Arc<Metrics>) -> Senders {
         let algs: Vec<&str> = dpop.algorithms().iter().map(|a| a.name()).collect();
         let public_base = config.server.public_base_url.as_deref().and_then(|url| {
             let (scheme, authority) = url.split_once("://")?;
@@ -57,6 +58,7 @@ impl Senders {
             public_base,
             trusted_proxies: config.server.trusted_proxies.clone(),
             allow_path_parameters: config.server.allow_path_parameters,
+            metrics,
         }
     }
 
@@ -147,7 +149,12 @@ impl Senders {
             clock_skew_secs,
             bound_jkt: Some(jkt),
         };
-        match self.dpop.check(&request, now) {
+        let checked = self.dpop.check(&request, now);
+        self.metrics.dpop_proof(match &checked {
+            Ok(_) => DpopOutcome::Ok,
+            Err(error) => DpopOutcome::from_label(error.outcome()).unwrap_or(DpopOutcome::Invalid),
+        });
+        match checked {
             Ok(_) => Ok(AuthMethod::Dpop),
             Err(error) => Err(match error.kind() {
                 ProofErrorKind::InvalidProof => self.challenge(
@@ -188,7 +195,7 @@ impl Senders {
         }
         let own_scheme = inbound.conn.scheme.as_str();
         let own_host = inbound.host.as_ref().map_or("", |h| h.as_str());
-        if !is_trusted(&self.trusted_proxies, inbound.conn.peer.ip()) {
+        if !scrub::is_trusted(&self.trusted_proxies, inbound.conn.peer.ip()) {
             return (Cow::Borrowed(own_scheme), Cow::Borrowed(own_host));
         }
         let first = |name| {
@@ -211,10 +218,6 @@ impl Senders {
             nonce: None,
         }
     }
-}
-
-fn is_trusted(proxies: &[IpNet], peer: IpAddr) -> bool {
-    scrub::is_trusted(proxies, peer)
 }
 
 pub(super) fn invalid(reason: Reason, description: &'static str) -> Rejection {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::telemetry::Metrics;
 use crate::token::jwks::IssuerKeys;
 
 pub struct Issuers {
@@ -27,7 +28,11 @@ impl Issuers {
     /// Builds the per-issuer state and starts the refresh tasks (must run inside a tokio runtime).
     /// The key state of an issuer whose settings equal one in `previous` (a reload) is carried
     /// over, so its keys stay loaded and no request waits for them (SPEC §8).
-    pub fn start(config: &Config, previous: Option<&Issuers>) -> Result<Issuers, String> {
+    pub fn start(
+        config: &Config,
+        previous: Option<&Issuers>,
+        metrics: &Metrics,
+    ) -> Result<Issuers, String> {
         let (stop, stop_rx) = watch::channel(false);
         let mut keys = Vec::with_capacity(config.issuers.len());
         for issuer in &config.issuers {
@@ -37,6 +42,7 @@ impl Issuers {
                 None => IssuerKeys::new(issuer.clone())
                     .map_err(|e| format!("issuer {}: {e}", issuer.id))?,
             };
+            state.attach_metrics(metrics.issuer(&issuer.id));
             // A carried-over state gets a refresher tied to this generation; the previous
             // generation's stops when that generation is dropped.
             tokio::spawn(state.clone().run(stop_rx.clone()));

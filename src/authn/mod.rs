@@ -33,6 +33,7 @@ use crate::config::{AuthMode, Config};
 use crate::reason::{AuthMethod, Reason};
 use crate::rejection::Rejection;
 use crate::route::Routed;
+use crate::telemetry::Metrics;
 use crate::token::claims::{date_claim, Round};
 use crate::token::dpop::DpopChecker;
 use crate::token::introspect::Introspector;
@@ -74,8 +75,12 @@ impl Authenticator {
     /// Builds one generation and starts its background tasks. `previous` (a reload) lends the
     /// key state of unchanged issuers and the DPoP state (a reload must not forget which proofs
     /// were used).
-    pub fn new(config: &Arc<Config>, previous: Option<&Authenticator>) -> Result<Self, String> {
-        let issuers = Issuers::start(config, previous.map(|p| &p.issuers))?;
+    pub fn new(
+        config: &Arc<Config>,
+        previous: Option<&Authenticator>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let issuers = Issuers::start(config, previous.map(|p| &p.issuers), metrics)?;
         let dpop = match previous {
             Some(p) => Arc::new(p.senders.dpop().reconfigured(&config.dpop)),
             None => Arc::new(
@@ -83,10 +88,10 @@ impl Authenticator {
                     .map_err(|e| format!("no randomness for DPoP nonces: {e}"))?,
             ),
         };
-        let introspector = Introspector::new();
+        let introspector = Introspector::with_metrics(metrics.clone());
         tokio::spawn(introspector.clone().run_purger(issuers.stopped()));
         Ok(Authenticator {
-            senders: Senders::new(config, dpop),
+            senders: Senders::new(config, dpop, metrics.clone()),
             config: config.clone(),
             issuers,
             verified: VerifiedCache::new(VERIFIED_CACHE_ENTRIES),

@@ -17,6 +17,8 @@ pub struct RequestCtx {
     pub line: AccessLine,
     pub start: Instant,
     pub span: Span,
+    /// The matched route's index in the configuration (its metrics), once routed.
+    pub route: Option<usize>,
 }
 
 impl RequestCtx {
@@ -31,6 +33,7 @@ impl RequestCtx {
             line: AccessLine::new(request_id, method.clone()),
             start: Instant::now(),
             span,
+            route: None,
         }
     }
 

@@ -12,6 +12,7 @@
 mod ctx;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -31,7 +32,7 @@ use crate::reason::AuthMethod;
 use crate::rejection::Rejection;
 use crate::route::{self, Routed};
 use crate::scrub::X_REQUEST_ID;
-use crate::telemetry;
+use crate::telemetry::{self, Metrics, MetricsOptions, RouteMetrics};
 use crate::token::dpop::DPOP_NONCE;
 use crate::userinfo::Userinfo;
 
@@ -49,17 +50,29 @@ pub struct Gateway {
     userinfo: Arc<Userinfo>,
     identity: Identity,
     upstream: UpstreamClient,
+    /// Process-wide, carried from generation to generation (counters never reset on reload).
+    metrics: Arc<Metrics>,
+    /// One handle per route, in configuration order; `no_route` for the rest.
+    route_metrics: Vec<Arc<RouteMetrics>>,
+    no_route: Arc<RouteMetrics>,
 }
 
 impl Gateway {
     /// Builds one configuration generation. `previous` (on reload) lends its issuers' key state
     /// for issuers whose settings did not change, and its DPoP replay state.
     pub fn new(config: Arc<Config>, previous: Option<&Gateway>) -> Result<Self, String> {
+        let metrics = match previous {
+            Some(p) => p.metrics.clone(),
+            None => Metrics::new(MetricsOptions::default()),
+        };
         let identity = Identity::new(&config)?;
-        let authn = Authenticator::new(&config, previous.map(|p| &p.authn))?;
-        let userinfo = Userinfo::new(&config.userinfo);
+        let authn = Authenticator::new(&config, previous.map(|p| &p.authn), &metrics)?;
+        let userinfo = Userinfo::with_metrics(&config.userinfo, metrics.clone());
         tokio::spawn(userinfo.clone().run_purger(authn.issuers().stopped()));
         Ok(Gateway {
+            route_metrics: config.routes.iter().map(|r| metrics.route(&r.id)).collect(),
+            no_route: metrics.no_route(),
+            metrics,
             upstream: UpstreamClient::new(
                 &config.upstream,
                 &config.routes,
@@ -121,8 +134,10 @@ impl Gateway {
         // 7: header hygiene and the identity the upstream receives.
         let upstream = self.identity.mint(authorized, routed, ctx.request_id())?;
         // 8: forward and stream back.
-        let response = self.upstream.send(upstream).await?;
-        Ok(response.map(Either::Left))
+        let sent = Instant::now();
+        let response = self.upstream.send(upstream).await;
+        self.route_metrics(ctx).upstream(sent.elapsed());
+        Ok(response?.map(Either::Left))
     }
 
     /// Phase 2, with the route and the normalized path noted for the access line.
@@ -131,16 +146,25 @@ impl Gateway {
         mut inbound: Inbound,
         ctx: &mut RequestCtx,
     ) -> Result<Routed<'g>, Rejection> {
-        let found = route::find(
+        let found = route::find_index(
             &self.config.routes,
             &inbound.path.match_path,
             &inbound.parts.method,
             inbound.host.as_ref(),
         );
         ctx.line.path = Some(std::mem::take(&mut inbound.path.match_path));
-        let route = found.ok_or(Rejection::NoRoute)?;
+        let (index, route) = found
+            .and_then(|i| Some((i, self.config.routes.get(i)?)))
+            .ok_or(Rejection::NoRoute)?;
+        ctx.route = Some(index);
         ctx.line.route = Some(route.id.clone());
         Ok(Routed { inbound, route })
+    }
+
+    fn route_metrics(&self, ctx: &RequestCtx) -> &RouteMetrics {
+        ctx.route
+            .and_then(|i| self.route_metrics.get(i))
+            .unwrap_or(&self.no_route)
     }
 
     /// Always runs: the rejection rendered, `X-Request-Id` (and a DPoP caller's next nonce) on
@@ -153,7 +177,9 @@ impl Gateway {
         let mut response = match result {
             Ok(response) => response,
             Err(rejection) => {
-                ctx.line.reason = Some(rejection.reason());
+                let reason = rejection.reason();
+                self.metrics.auth_failure(reason);
+                ctx.line.reason = Some(reason);
                 rejection
                     .into_response(&self.config.server.realm)
                     .map(Either::Right)
@@ -166,8 +192,16 @@ impl Gateway {
                 headers.insert(DPOP_NONCE.clone(), nonce);
             }
         }
-        telemetry::access(&ctx.line, response.status(), ctx.start.elapsed());
+        let elapsed = ctx.start.elapsed();
+        self.route_metrics(&ctx)
+            .request(response.status().as_u16(), elapsed);
+        telemetry::access(&ctx.line, response.status(), elapsed);
         response
+    }
+
+    /// The process's metrics registry (`/metrics`, the accept loop, reloads).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The identity verification keys, for the admin listener's `/jwks.json`.

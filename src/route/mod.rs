@@ -9,28 +9,12 @@ use http::Method;
 
 use crate::config::{HostMatch, PathMatch, Route};
 use crate::inbound::Inbound;
-use crate::rejection::Rejection;
 use host::Host;
 
-/// A request and the route it matched: phase 2's result.
+/// A request and the route it matched: phase 2's result (`Gateway::route`).
 pub struct Routed<'g> {
     pub inbound: Inbound,
     pub route: &'g Route,
-}
-
-/// Phase 2: the first route that matches the normalized path, method and host, in file order;
-/// none → 404 `no_route` (and nothing reaches the upstream).
-pub fn route(routes: &[Route], inbound: Inbound) -> Result<Routed<'_>, Rejection> {
-    let found = find(
-        routes,
-        &inbound.path.match_path,
-        &inbound.parts.method,
-        inbound.host.as_ref(),
-    );
-    match found {
-        Some(route) => Ok(Routed { inbound, route }),
-        None => Err(Rejection::NoRoute),
-    }
 }
 
 /// The first route that matches, in file order.
@@ -40,7 +24,17 @@ pub fn find<'a>(
     method: &Method,
     host: Option<&Host>,
 ) -> Option<&'a Route> {
-    routes.iter().find(|r| matches(r, path, method, host))
+    find_index(routes, path, method, host).and_then(|i| routes.get(i))
+}
+
+/// The index of the first route that matches, in file order.
+pub fn find_index(
+    routes: &[Route],
+    path: &str,
+    method: &Method,
+    host: Option<&Host>,
+) -> Option<usize> {
+    routes.iter().position(|r| matches(r, path, method, host))
 }
 
 /// Whether `route` matches a request (paths are case-sensitive, hosts canonical).

@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §7): health, readiness, and later metrics and the identity JWKS.
+//! The admin listener (SPEC §7): health, readiness, Prometheus metrics and the identity JWKS.
 //! It never proxies; any other path is 404.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use hyper::Request;
 
 use super::{Handler, SharedGateway};
 use crate::inbound::{ConnInfo, Framing};
+use crate::telemetry::metrics;
 
 /// The admin listener's handler: reads the current gateway generation, never proxies.
 #[derive(Clone)]
@@ -40,6 +41,15 @@ fn answer(gateway: &SharedGateway, req: &Request<Incoming>) -> Response<Full<Byt
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/jwks.json" => gateway.load().jwks_response(),
+        "/metrics" => {
+            let body = gateway.load().metrics().encode();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
         "/readyz" => {
             let missing = gateway.load().not_ready_issuers();
             if missing.is_empty() {

@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 use crate::config::Config;
 use crate::gateway::{Gateway, ProxyBody};
 use crate::inbound::{ConnInfo, Framing};
+use crate::telemetry::Metrics;
 use conn::ConnSettings;
 
 /// Connections the admin listener serves at once (probes and scrapes need few).
@@ -131,7 +132,7 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 
 /// Serves until `shutdown` resolves, then drains (up to `shutdown_grace`) and returns.
 pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Future<Output = ()>) {
-    let (settings, admin_settings, grace, max_connections) = {
+    let (settings, admin_settings, grace, max_connections, metrics) = {
         let g = gateway.load();
         let server = &g.config.server;
         (
@@ -140,6 +141,7 @@ pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Fu
             Arc::new(ConnSettings::new(server, None)),
             server.shutdown_grace,
             server.max_connections,
+            g.metrics().clone(),
         )
     };
     let (phase_tx, phase) = watch::channel(Phase::Serving);
@@ -147,7 +149,7 @@ pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Fu
     let main = tokio::spawn(accept_loop(
         "main",
         listeners.main,
-        Limits::new(max_connections),
+        Limits::new(max_connections, Some(metrics)),
         settings.clone(),
         Proxy(gateway.clone()),
         phase.clone(),
@@ -157,7 +159,7 @@ pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Fu
         tokio::spawn(accept_loop(
             "admin",
             listener,
-            Limits::new(ADMIN_MAX_CONNECTIONS),
+            Limits::new(ADMIN_MAX_CONNECTIONS, None),
             admin_settings,
             admin::Admin(gateway.clone()),
             phase.clone(),
@@ -183,15 +185,18 @@ pub async fn run(listeners: Listeners, gateway: SharedGateway, shutdown: impl Fu
     }
 }
 
-/// The connection cap of one listener.
+/// The connection cap of one listener, and whether its connections count in
+/// `tokengate_open_connections` (the main listener's do; the admin's do not).
 struct Limits {
     connections: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Limits {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, metrics: Option<Arc<Metrics>>) -> Self {
         Limits {
             connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            metrics,
         }
     }
 }
@@ -233,11 +238,11 @@ async fn accept_loop<H: Handler>(
         );
         // Every log event of the connection, its requests' included, names the peer.
         let span = tracing::info_span!("conn", listener = name, %peer);
+        let open = limits.metrics.as_ref().map(|m| m.connection_opened());
         tokio::spawn(
             async move {
                 conn::serve(tcp, peer, settings, handler, phase).await;
-                drop(permit);
-                drop(alive);
+                drop((permit, open, alive));
             }
             .instrument(span),
         );

@@ -10,6 +10,7 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 pub use access::{access, flush_on_park, flush_on_stop, AccessLine, ACCESS_TARGET};
+pub use metrics::{Metrics, MetricsOptions, RouteMetrics};
 
 /// Installs the global subscriber. Level from `TOKENGATE_LOG`, else `RUST_LOG`, else `info`;
 /// `TOKENGATE_LOG_FORMAT=json` for JSON lines. Lines are handed to a writer thread that batches

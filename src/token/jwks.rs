@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::config::Issuer;
+use crate::telemetry::metrics::IssuerMetrics;
 use crate::token::fetch::{self, FetchError, MAX_DOCUMENT_BYTES};
 use crate::token::keys::KeySet;
 
@@ -72,6 +73,8 @@ pub struct IssuerKeys {
     last_error: Mutex<Option<String>>,
     refresh_ok: AtomicU64,
     refresh_error: AtomicU64,
+    /// `tokengate_jwks_refresh_total{issuer}`, attached by the generation that starts it.
+    metrics: OnceLock<Arc<IssuerMetrics>>,
 }
 
 /// Where the issuer's documents are: configured values win over discovered ones.
@@ -129,7 +132,20 @@ impl IssuerKeys {
             last_error: Mutex::new(None),
             refresh_ok: AtomicU64::new(0),
             refresh_error: AtomicU64::new(0),
+            metrics: OnceLock::new(),
         }))
+    }
+
+    /// Counts refreshes in the process's metrics registry from now on (the first handle
+    /// attached stays: the id of an issuer whose state is carried over does not change).
+    pub fn attach_metrics(&self, metrics: Arc<IssuerMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count_refresh(&self, ok: bool) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.jwks_refresh(ok);
+        }
     }
 
     pub fn issuer(&self) -> &Issuer {
@@ -273,10 +289,12 @@ impl IssuerKeys {
         match &outcome {
             Ok(_) => {
                 self.refresh_ok.fetch_add(1, Ordering::Relaxed);
+                self.count_refresh(true);
                 *lock(&self.last_error) = None;
             }
             Err(e) => {
                 self.refresh_error.fetch_add(1, Ordering::Relaxed);
+                self.count_refresh(false);
                 let stale = self.keys.load().is_some();
                 tracing::warn!(issuer = id, keeping_stale_keys = stale, "issuer keys: {e}");
                 *lock(&self.last_error) = Some(e.to_string());

@@ -57,6 +57,7 @@ use crate::config::{self, OnError};
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
 use crate::rejection::Rejection;
+use crate::telemetry::metrics::{CacheResult, Metrics, UserinfoOutcome};
 use crate::token::claims::{self, Claims};
 use crate::token::jwks::IssuerKeys;
 
@@ -144,6 +145,8 @@ pub struct UserinfoCounters {
     pub error: u64,
 }
 
+/// This generation's counts (`counters`), also recorded in the process's metrics registry,
+/// whose counters outlive reloads.
 #[derive(Default)]
 struct Stats {
     hits: AtomicU64,
@@ -152,10 +155,33 @@ struct Stats {
     ok: AtomicU64,
     unauthorized: AtomicU64,
     error: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Stats {
+    fn cache(&self, result: CacheResult) {
+        let counter = match result {
+            CacheResult::Hit => &self.hits,
+            CacheResult::Miss => &self.misses,
+            CacheResult::Coalesced => &self.coalesced,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.userinfo_cache(result);
+        }
+    }
+
+    fn call(&self, outcome: UserinfoOutcome) {
+        let counter = match outcome {
+            UserinfoOutcome::Ok => &self.ok,
+            UserinfoOutcome::Unauthorized => &self.unauthorized,
+            UserinfoOutcome::Error => &self.error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.userinfo_request(outcome);
+        }
+    }
 }
 
 /// The enrichment phase's state for one configuration generation. Build with [`Userinfo::new`];
@@ -195,6 +221,15 @@ impl fmt::Debug for Userinfo {
 
 impl Userinfo {
     pub fn new(settings: &config::Userinfo) -> Arc<Userinfo> {
+        Self::build(settings, None)
+    }
+
+    /// As [`Userinfo::new`], also counting in the process's metrics registry (SPEC §7).
+    pub fn with_metrics(settings: &config::Userinfo, metrics: Arc<Metrics>) -> Arc<Userinfo> {
+        Self::build(settings, Some(metrics))
+    }
+
+    fn build(settings: &config::Userinfo, metrics: Option<Arc<Metrics>>) -> Arc<Userinfo> {
         Arc::new_cyclic(|me| Userinfo {
             me: me.clone(),
             cache_ttl: settings.cache_ttl,
@@ -204,7 +239,10 @@ impl Userinfo {
             merged: DashMap::default(),
             in_flight: DashMap::default(),
             next_flight: AtomicU64::new(0),
-            stats: Stats::default(),
+            stats: Stats {
+                metrics,
+                ..Stats::default()
+            },
             warned_no_endpoint: DashSet::new(),
         })
     }
@@ -231,8 +269,8 @@ impl Userinfo {
         }
         let key: Key = (token.issuer, *token.sha256);
         let Some(endpoint) = issuer.userinfo_endpoint() else {
-            bump(&self.stats.misses);
-            bump(&self.stats.error);
+            self.stats.cache(CacheResult::Miss);
+            self.stats.call(UserinfoOutcome::Error);
             self.report_no_endpoint(token.issuer, issuer);
             return self.on_error(Reason::NoUserinfoEndpoint);
         };
@@ -263,7 +301,7 @@ impl Userinfo {
         }
         let key: Key = (issuer, *sha256);
         let cached = self.cache.get(&key, Instant::now(), route_max_age)?;
-        bump(&self.stats.hits);
+        self.stats.cache(CacheResult::Hit);
         Some(self.judge(&key, Fetched::from(cached), claims))
     }
 
@@ -328,7 +366,7 @@ impl Userinfo {
             }
         };
         match (leader, self.me.upgrade()) {
-            (None, _) => bump(&self.stats.coalesced),
+            (None, _) => self.stats.cache(CacheResult::Coalesced),
             (Some(tx), Some(me)) => {
                 let flight = Flight {
                     owner: me.clone(),
@@ -339,12 +377,12 @@ impl Userinfo {
                 // A call that ended between our cache miss and our registration stored its
                 // answer before leaving `in_flight`: look again before calling.
                 if let Some(cached) = self.cache.get(&call.key, Instant::now(), route_max_age) {
-                    bump(&self.stats.hits);
+                    self.stats.cache(CacheResult::Hit);
                     let fetched = Fetched::from(cached);
                     flight.publish(fetched.clone());
                     return fetched;
                 }
-                bump(&self.stats.misses);
+                self.stats.cache(CacheResult::Miss);
                 // Its own task: the leader's client hanging up must not fail the waiters. It
                 // logs in the leader's request span.
                 tokio::spawn(
@@ -387,13 +425,13 @@ impl Userinfo {
         let issuer_id = call.issuer.issuer().id.as_str();
         match &fetched {
             Fetched::Answer(answer) => {
-                bump(&self.stats.ok);
+                self.stats.call(UserinfoOutcome::Ok);
                 let lifetime = cache::lifetime(self.cache_ttl, call.token_exp, call.now_unix);
                 let value = Cached::Answer(answer.clone());
                 self.cache.insert(call.key, value, started, lifetime);
             }
             Fetched::Rejected => {
-                bump(&self.stats.unauthorized);
+                self.stats.call(UserinfoOutcome::Unauthorized);
                 tracing::info!(
                     issuer = issuer_id,
                     "userinfo endpoint rejected a token (401)"
@@ -402,7 +440,7 @@ impl Userinfo {
                     .insert(call.key, Cached::Rejected, started, NEGATIVE_TTL);
             }
             Fetched::Failed(failure) => {
-                bump(&self.stats.error);
+                self.stats.call(UserinfoOutcome::Error);
                 tracing::warn!(
                     issuer = issuer_id,
                     endpoint = %crate::token::fetch::redact(&call.endpoint),

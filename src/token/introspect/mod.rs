@@ -66,6 +66,7 @@ use tracing::Instrument as _;
 
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
+use crate::telemetry::metrics::{CacheResult, IntrospectionOutcome, Metrics};
 use crate::token::claims::Claims;
 use crate::token::fetch;
 use crate::token::jwks::IssuerKeys;
@@ -99,6 +100,8 @@ pub const PARSED_ENTRIES: usize = 512;
 /// Expired entries are removed this often (they are never served anyway; this frees memory).
 const PURGE_PERIOD: Duration = Duration::from_secs(30);
 
+/// This generation's counts (`counters`), also recorded in the process's metrics registry,
+/// whose counters outlive reloads.
 #[derive(Default)]
 struct Stats {
     hits: AtomicU64,
@@ -107,10 +110,33 @@ struct Stats {
     active: AtomicU64,
     inactive: AtomicU64,
     error: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Stats {
+    fn cache(&self, result: CacheResult) {
+        let counter = match result {
+            CacheResult::Hit => &self.hits,
+            CacheResult::Miss => &self.misses,
+            CacheResult::Coalesced => &self.coalesced,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.introspection_cache(result);
+        }
+    }
+
+    fn call(&self, outcome: IntrospectionOutcome) {
+        let counter = match outcome {
+            IntrospectionOutcome::Active => &self.active,
+            IntrospectionOutcome::Inactive => &self.inactive,
+            IntrospectionOutcome::Error => &self.error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.introspection_request(outcome);
+        }
+    }
 }
 
 /// What one issuer said about one token, shared by every request that waited for it.
@@ -167,13 +193,25 @@ impl Introspector {
 
     /// With other cache bounds (tests; 0 disables that cache).
     pub fn with_bounds(active: usize, inactive: usize) -> Arc<Introspector> {
+        Self::build(active, inactive, None)
+    }
+
+    /// As [`Introspector::new`], also counting in the process's metrics registry (SPEC §7).
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Arc<Introspector> {
+        Self::build(ACTIVE_ENTRIES, INACTIVE_ENTRIES, Some(metrics))
+    }
+
+    fn build(active: usize, inactive: usize, metrics: Option<Arc<Metrics>>) -> Arc<Introspector> {
         Arc::new_cyclic(|me| Introspector {
             me: me.clone(),
             active: Cache::new(active),
             inactive: Cache::new(inactive),
             parsed: DashMap::default(),
             flights: Flights::new(),
-            stats: Stats::default(),
+            stats: Stats {
+                metrics,
+                ..Stats::default()
+            },
             warned_no_endpoint: DashSet::new(),
         })
     }
@@ -221,7 +259,7 @@ impl Introspector {
             let key: Key = (*index, *sha256);
             let fetched = match self.lookup(&key, now) {
                 Some(cached) => {
-                    bump(&self.stats.hits);
+                    self.stats.cache(CacheResult::Hit);
                     cached
                 }
                 None => self.flight(key, issuer, token, now_unix, now).await,
@@ -296,7 +334,7 @@ impl Introspector {
         candidates.find_map(|(index, issuer)| {
             let key: Key = (*index, *sha256);
             let active = self.active.get(&key, now)?;
-            bump(&self.stats.hits);
+            self.stats.cache(CacheResult::Hit);
             Some(self.judge(&key, issuer, &active, now_unix))
         })
     }
@@ -320,18 +358,18 @@ impl Introspector {
     ) -> Fetched {
         let waiter = match (self.flights.join(key), self.me.upgrade()) {
             (Joined::Waiter(waiter), _) => {
-                bump(&self.stats.coalesced);
+                self.stats.cache(CacheResult::Coalesced);
                 waiter
             }
             (Joined::Leader(leader, waiter), Some(me)) => {
                 // A call that ended between our cache miss and our registration stored its
                 // answer before leaving the registry: look again before calling.
                 if let Some(cached) = self.lookup(&key, now) {
-                    bump(&self.stats.hits);
+                    self.stats.cache(CacheResult::Hit);
                     leader.publish(cached.clone());
                     return cached;
                 }
-                bump(&self.stats.misses);
+                self.stats.cache(CacheResult::Miss);
                 let call = Call {
                     key,
                     issuer: issuer.clone(),
@@ -376,18 +414,18 @@ impl Introspector {
         let issuer_id = config.id.as_str();
         let Some(settings) = config.introspection.as_ref() else {
             // `introspect` only asks issuers that have the settings.
-            bump(&self.stats.error);
+            self.stats.call(IntrospectionOutcome::Error);
             return Fetched::Failed;
         };
         let Some(endpoint) = call.issuer.introspection_endpoint() else {
-            bump(&self.stats.error);
+            self.stats.call(IntrospectionOutcome::Error);
             self.report_no_endpoint(call.key.0, issuer_id);
             return Fetched::Failed;
         };
         let answer = client::call(&call.issuer, &endpoint, settings, &call.token).await;
         match answer {
             Ok(Answer::Active(claims)) => {
-                bump(&self.stats.active);
+                self.stats.call(IntrospectionOutcome::Active);
                 let active = Arc::new(Active::new(
                     &claims,
                     config,
@@ -403,14 +441,14 @@ impl Introspector {
                 Fetched::Active(active)
             }
             Ok(Answer::Inactive) => {
-                bump(&self.stats.inactive);
+                self.stats.call(IntrospectionOutcome::Inactive);
                 self.active.remove(&call.key);
                 self.inactive
                     .insert(call.key, (), started, settings.negative_cache_ttl);
                 Fetched::Inactive
             }
             Err(failure) => {
-                bump(&self.stats.error);
+                self.stats.call(IntrospectionOutcome::Error);
                 tracing::error!(
                     issuer = issuer_id,
                     endpoint = %fetch::redact(&endpoint),
