@@ -1,5 +1,6 @@
-//! The admin listener (SPEC §7): health, readiness, and later metrics and the identity JWKS.
-//! It never proxies; any other path is 404.
+//! The admin listener (SPEC §7): `/healthz`, `/readyz` and the identity JWKS (`/jwks.json`),
+//! GET or HEAD only (405 otherwise). It never proxies; any other path is 404. `/metrics` is not
+//! served yet.
 
 use std::sync::Arc;
 

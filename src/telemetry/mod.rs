@@ -37,7 +37,10 @@ pub fn init() -> WorkerGuard {
         .with_writer(writer);
     // A second init (tests) keeps the first subscriber.
     let installed = if json {
-        // `span`: the request's id (and the connection's peer) on every event inside a request.
+        // `span`: the event's innermost span only. Inside a request that is the request's
+        // (`request_id`, also in tasks the request spawns); on a connection outside any request,
+        // the connection's (`peer`). The human format prints the whole chain instead,
+        // `conn{listener peer}:request{request_id}`.
         builder
             .json()
             .flatten_event(true)
