@@ -2,8 +2,8 @@
 //!
 //! [`start`] builds the first configuration generation (keys loaded, background tasks running),
 //! binds the listeners (a port in use or an unusable certificate fails here, exit 1), and serves
-//! until `shutdown` resolves. What it returns knows the bound addresses and can reload the
-//! configuration (SIGHUP) into the running generation.
+//! until `shutdown` resolves. What it returns knows the bound addresses and hands out a
+//! [`Reloader`], which loads the file again and swaps the new generation in (SIGHUP).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,8 +3,8 @@
 //! Bodies are never buffered: the client's `Incoming` body is handed to the upstream request and
 //! the upstream's body is handed back to hyper, so memory stays flat whatever the size.
 //! The only timeout here is `upstream.timeout` (until response headers); a body may take as long
-//! as it takes, like Envoy's `timeout` on a route. WebSocket (and other HTTP/1.1) upgrades are
-//! spliced once both sides agreed to switch protocols.
+//! as it takes, like Envoy's `timeout` on a route. A WebSocket upgrade is spliced once the
+//! upstream agreed to switch to `websocket`; any other `101` is a 502.
 
 use std::sync::Arc;
 use std::time::Duration;

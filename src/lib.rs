@@ -4,13 +4,15 @@
 //!
 //! Every request walks one line of phases (SPEC §4). Each phase is a function from the previous
 //! phase's value to the next one's, or a `Rejection` (`rejection`), so the order is the
-//! compiler's: `gateway::Gateway::run` is this diagram, line by line.
+//! compiler's: `gateway::Gateway::run` is this diagram, line by line. The middle column is the
+//! SPEC §4 item (or section) each phase implements; the phases' own docs and `Gateway::run`
+//! number the phases 0 to 8 in this order (routing 2, minting 7, forwarding 8).
 //!
 //! ```text
 //!  request (server: TLS, HTTP/1.1 or HTTP/2, framing observer)
 //!    │ inbound::Inbound::admit         0, 1  framing, method, head size, canonical host, path
 //!    ▼
-//!  Inbound ──── route::find ─────────── 2    first matching route (404 no_route)
+//!  Inbound ──── route::find ─────────── §3   first matching route (404 no_route)
 //!    ▼
 //!  Routed ───── authn::extract ──────── 3    Authorization: Bearer | DPoP (raw token, no Debug)
 //!    ▼
@@ -38,6 +40,7 @@
 //! - `token`: the JOSE rules, issuer key sets, introspection and DPoP proof checks.
 //! - `scrub`: header hygiene in both directions. `rejection`, `reason`: every error a client can
 //!   see, and the one enum of reasons behind the access line and the metrics.
+//! - `digest_hash`: the table hash of the caches keyed by SHA-256 digests.
 //! - `config`: TOML schema, `${ENV}`, validation with file/line/key path, the compiled model.
 //! - `telemetry`: logging and the access line. `reload`: SIGHUP. `keygen`, `demo`: commands.
 #![forbid(unsafe_code)]

@@ -13,8 +13,8 @@
 //! [`Decision::InsufficientScope`]), then its own claim rules, then the `any_of` blocks, of which
 //! at least one must hold entirely, its scopes and its claims (a miss is
 //! [`Decision::AccessDenied`]). Policies see the merged claims (token, then userinfo); which
-//! claims userinfo may override, and how a decision becomes a 403, are the gateway's and
-//! `rejection.rs`'s jobs.
+//! claims userinfo may override is `userinfo`'s rule, turning a decision into a `Rejection` is
+//! [`authorize()`]'s (phase 6), and rendering the 403 is `rejection.rs`'s.
 
 mod authorize;
 

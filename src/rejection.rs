@@ -1,8 +1,9 @@
 //! Every error a client can see, in one place.
 //!
 //! Phases return a `Rejection` naming *what* went wrong; only `into_response` decides the status,
-//! the `WWW-Authenticate` challenge and the JSON body. Details that help an operator go to the
-//! access log through `reason()` and `detail`, never anything derived from a token's bytes.
+//! the `WWW-Authenticate` challenge and the JSON body. What helps an operator goes to the access
+//! line through [`Rejection::reason`] (and to the log where the phase that failed logs it), never
+//! anything derived from a token's bytes.
 
 use std::borrow::Cow;
 use std::sync::Arc;

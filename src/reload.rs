@@ -3,8 +3,10 @@
 //! A valid file becomes a new `Gateway` generation that new requests use; requests in flight
 //! keep the generation they started with. Issuers whose settings did not change keep their key
 //! state (no refetch, never unready). An invalid file changes nothing: every problem `check`
-//! would print is logged at error level. Listener addresses and TLS files are read at start
-//! only; a change to them is logged as needing a restart.
+//! would print is logged at error level. Listener addresses, `[server.tls]` and the connection
+//! settings (`header_read_timeout`, `idle_timeout`, `max_concurrent_streams`, `max_connections`,
+//! `shutdown_grace`) are read at start only; a change to one of them is logged as needing a
+//! restart, and the rest of the file takes effect.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,9 @@
 //! The per-issuer key cache against the mock issuer (SPEC §3 "Keys:" and "Issuers:", §7
 //! `/readyz`): discovery, the unknown-`kid` refresh limit, stale keys on failure, recovery of an
 //! issuer that was down at start, refused discovery documents, and the fetch helpers' error
-//! classes. Real time, with `jwks_min_refresh` = 1 s.
+//! classes. Real time, with `jwks_min_refresh` = 1 s; a current-thread test that only waits for
+//! that interval to pass jumps tokio's clock instead ([`pass`]), and none sleeps to wait for a
+//! load attempt to end ([`first_error`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
@@ -41,6 +43,30 @@ async fn ready_within(keys: &IssuerKeys, limit: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     keys.is_ready()
+}
+
+/// Moves tokio's clock (the one `jwks_min_refresh` is measured on) `by` forward at once. It is
+/// paused only for the jump: a fetch on a paused clock could time out spuriously, because an idle
+/// runtime jumps ahead to its next timer while a socket is pending. Current-thread runtime only.
+async fn pass(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// The error of the first load attempt, once it has ended (bounded: 5 s).
+async fn first_error(keys: &IssuerKeys) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(error) = keys.last_error() {
+            return error;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no load attempt ended within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 const ALGS: [&str; 5] = ["RS256", "PS256", "ES256", "ES384", "EdDSA"];
@@ -132,7 +158,7 @@ async fn a_failing_jwks_endpoint_keeps_the_last_good_set() {
     ];
     for (i, (mode, why)) in modes.into_iter().enumerate() {
         if i > 0 {
-            tokio::time::sleep(Duration::from_millis(1050)).await;
+            pass(Duration::from_millis(1050)).await;
         }
         mock.set_jwks_mode(mode);
         let started = Instant::now();
@@ -148,7 +174,7 @@ async fn a_failing_jwks_endpoint_keeps_the_last_good_set() {
         assert!(error.contains(why), "{why}: {error}");
         assert_eq!(run.keys.refresh_counts(), (1, i as u64 + 1));
     }
-    tokio::time::sleep(Duration::from_millis(1050)).await;
+    pass(Duration::from_millis(1050)).await;
     mock.set_jwks_mode(JwksMode::Normal);
     let fresh = run.keys.refresh_for_unknown_kid().await.expect("refreshed");
     assert!(fresh.has_kid(&mock.kid("RS256")) && !fresh.has_kid(&old_kid));
@@ -180,13 +206,13 @@ async fn a_discovery_document_naming_another_issuer_leaves_the_issuer_unready() 
     let mock = MockIssuer::start().await;
     mock.set_discovery_issuer(Some("https://evil.example.com"));
     let run = start(mock.settings());
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let error = first_error(&run.keys).await;
     assert!(!run.keys.is_ready());
     let expected = format!(
         "issuer mismatch: configured \"{}\", discovery says \"https://evil.example.com\"",
         mock.issuer()
     );
-    assert_eq!(run.keys.last_error(), Some(expected));
+    assert_eq!(error, expected);
     assert_eq!(
         mock.hits("/jwks"),
         0,
@@ -210,13 +236,9 @@ async fn the_issuer_must_match_discovery_to_the_trailing_slash() {
     let mut config = mock.settings();
     config.issuer = mock.url();
     let run = start(config);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let error = first_error(&run.keys).await;
     assert!(!run.keys.is_ready());
-    assert!(run
-        .keys
-        .last_error()
-        .unwrap_or_default()
-        .starts_with("issuer mismatch"));
+    assert!(error.starts_with("issuer mismatch"), "{error}");
 }
 
 #[tokio::test]
@@ -227,9 +249,8 @@ async fn a_discovered_plain_http_jwks_uri_on_a_public_host_is_refused() {
         s.discovery_members.insert("jwks_uri".to_owned(), jwks_uri);
     });
     let run = start(mock.settings());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let error = first_error(&run.keys).await;
     assert!(!run.keys.is_ready());
-    let error = run.keys.last_error().unwrap_or_default();
     assert!(
         error.contains("jwks_uri") && error.contains("must use https"),
         "{error}"

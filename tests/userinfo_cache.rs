@@ -1,8 +1,11 @@
 //! The enrichment phase against the mock issuer (SPEC §4.5, §7 userinfo counters): single-flight,
 //! cache lifetimes (`cache_ttl`, `userinfo_max_age`, token `exp`), stale entries never served,
-//! remembered 401s, subject mismatch, signed answers, failures under both `on_error` modes, the
-//! `max_entries` bound and the background purge. Real time; waits are bounded, and no assertion
-//! depends on how fast anything runs beyond "an immediate second call comes within a second".
+//! remembered 401s and their expiry, subject mismatch, signed answers, failures under both
+//! `on_error` modes, the `max_entries` bound and the background purge.
+//!
+//! Lifetimes are crossed by jumping tokio's clock ([`pass`]), never by sleeping; the calls to the
+//! mock issuer run on real time, with bounded waits. No assertion depends on how fast anything
+//! runs beyond "a call to the mock on loopback takes less than a second".
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
@@ -23,7 +26,9 @@ use tokengate::rejection::Rejection;
 use tokengate::token::claims::Claims;
 use tokengate::token::jwks::IssuerKeys;
 use tokengate::token::jwt;
-use tokengate::userinfo::{Outcome, TokenRef, Userinfo, UserinfoCounters, REJECTED_DESCRIPTION};
+use tokengate::userinfo::{
+    Outcome, TokenRef, Userinfo, UserinfoCounters, NEGATIVE_TTL, REJECTED_DESCRIPTION,
+};
 
 const USERINFO: &str = "/userinfo";
 const LONG: Duration = Duration::from_secs(300);
@@ -74,6 +79,16 @@ fn now_unix() -> i64 {
     i64::try_from(secs).expect("time")
 }
 
+/// Moves tokio's clock (the one the userinfo cache reads) `by` forward at once. It is paused only
+/// for the jump: a call to the mock issuer (real sockets) on a paused clock could time out
+/// spuriously, because an idle runtime jumps ahead to its next timer while a socket is pending.
+/// Needs the current-thread runtime (`#[tokio::test]`'s default).
+async fn pass(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 /// A token as the gateway holds it after verification: raw text, claims, `exp`.
 struct Token {
     raw: String,
@@ -98,15 +113,17 @@ async fn enrich(
     token: &Token,
     max_age: Option<Duration>,
 ) -> Result<Outcome, Rejection> {
-    enrich_at(ui, 0, &env.keys, token, token.exp, max_age).await
+    enrich_at(ui, 0, &env.keys, token, token.exp, now_unix(), max_age).await
 }
 
+/// [`enrich`] with the issuer index, the token's `exp` and the unix time given.
 async fn enrich_at(
     ui: &Userinfo,
     issuer_index: usize,
     keys: &Arc<IssuerKeys>,
     token: &Token,
     token_exp: i64,
+    now_unix: i64,
     max_age: Option<Duration>,
 ) -> Result<Outcome, Rejection> {
     let sha256: [u8; 32] = Sha256::digest(token.raw.as_bytes()).into();
@@ -117,7 +134,7 @@ async fn enrich_at(
         claims: &token.claims,
         exp: token_exp,
     };
-    let call = ui.enrich(token, keys, max_age, false, now_unix());
+    let call = ui.enrich(token, keys, max_age, false, now_unix);
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("enrich returns within 10 s")
@@ -128,6 +145,21 @@ fn enriched(outcome: Result<Outcome, Rejection>) -> Arc<Claims> {
     match outcome {
         Ok(Outcome::Enriched { claims, .. }) => claims,
         other => panic!("expected enriched claims, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn refused_as_rejected_by_userinfo(outcome: Result<Outcome, Rejection>) {
+    match outcome {
+        Err(rejection @ Rejection::InvalidToken { .. }) => {
+            assert_eq!(rejection.status(), 401);
+            assert_eq!(rejection.reason().as_str(), "userinfo_rejected");
+            let Rejection::InvalidToken { description, .. } = rejection else {
+                unreachable!()
+            };
+            assert_eq!(description, REJECTED_DESCRIPTION);
+        }
+        other => panic!("expected 401, got {other:?}"),
     }
 }
 
@@ -306,7 +338,7 @@ async fn answers_are_served_from_the_cache_until_the_route_max_age() {
         }
     );
     // Once older than a route's userinfo_max_age, that route asks again ...
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pass(Duration::from_secs(2)).await;
     enriched(enrich(&ui, &env, &token, Some(Duration::from_secs(1))).await);
     assert_eq!(env.mock.hits(USERINFO), 2);
     // ... and the fresh answer serves everyone.
@@ -343,17 +375,20 @@ async fn an_entry_never_outlives_the_token() {
     let env = env().await;
     let ui = Userinfo::new(&settings(OnError::Deny));
     let token = alice(&env);
-    // exp in one second: the entry lives one second, whatever cache_ttl says.
-    let exp = now_unix() + 1;
-    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, None).await);
-    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, None).await);
+    // exp 42 s from now: the entry lives 42 s, whatever cache_ttl says. The unix time given to
+    // each call moves with tokio's clock.
+    let now = now_unix();
+    let exp = now + 42;
+    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, now, None).await);
+    pass(Duration::from_secs(40)).await;
+    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, now + 40, None).await);
     assert_eq!(env.mock.hits(USERINFO), 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, None).await);
+    pass(Duration::from_secs(2)).await;
+    enriched(enrich_at(&ui, 0, &env.keys, &token, exp, now + 42, None).await);
     assert_eq!(env.mock.hits(USERINFO), 2);
     // A token at (or within clock skew past) its exp is never cached at all.
-    for expected in 3..=4 {
-        enriched(enrich_at(&ui, 0, &env.keys, &token, now_unix(), None).await);
+    for (expected, at) in [(3, exp), (4, exp + 5)] {
+        enriched(enrich_at(&ui, 0, &env.keys, &token, exp, at, None).await);
         assert_eq!(env.mock.hits(USERINFO), expected);
     }
     assert_eq!(ui.len(), 0);
@@ -376,7 +411,7 @@ async fn a_cached_entry_outlives_an_issuer_outage_only_until_its_lifetime_ends()
     enriched(enrich(&deny, &env, &token, None).await);
     enriched(enrich(&proceed, &env, &token, None).await);
     assert_eq!(env.mock.hits(USERINFO), 2, "served from the cache");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pass(Duration::from_secs(2)).await;
     unavailable(enrich(&deny, &env, &token, None).await);
     skipped(
         enrich(&proceed, &env, &token, None).await,
@@ -394,25 +429,17 @@ async fn a_cached_entry_outlives_an_issuer_outage_only_until_its_lifetime_ends()
 // --- rejections ------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_401_is_remembered_for_ten_seconds() {
+async fn a_401_is_remembered_for_ten_seconds_and_then_asked_again() {
+    assert_eq!(NEGATIVE_TTL, Duration::from_secs(10), "SPEC §4.5");
     let env = env().await;
     let ui = Userinfo::new(&settings(OnError::Proceed));
     let revoked = alice(&env);
     env.mock.configure(|s| {
         s.revoked.insert(revoked.raw.clone());
     });
+    // Remembered even on a route that never serves answers from the cache.
     for _ in 0..3 {
-        match enrich(&ui, &env, &revoked, Some(Duration::ZERO)).await {
-            Err(rejection @ Rejection::InvalidToken { .. }) => {
-                assert_eq!(rejection.status(), 401);
-                let Rejection::InvalidToken { description, .. } = &rejection else {
-                    unreachable!()
-                };
-                assert_eq!(description, REJECTED_DESCRIPTION);
-                assert_eq!(rejection.reason().as_str(), "userinfo_rejected");
-            }
-            other => panic!("expected 401, got {other:?}"),
-        }
+        refused_as_rejected_by_userinfo(enrich(&ui, &env, &revoked, Some(Duration::ZERO)).await);
     }
     assert_eq!(env.mock.hits(USERINFO), 1, "the 401 was remembered");
     let c = ui.counters();
@@ -421,6 +448,22 @@ async fn a_401_is_remembered_for_ten_seconds() {
     let other = token(&env, json!({"sub": "alice", "jti": "second"}));
     enriched(enrich(&ui, &env, &other, None).await);
     assert_eq!(env.mock.hits(USERINFO), 2);
+    // Still remembered 8 s after the call (2 s of slack for the call itself) ...
+    pass(Duration::from_secs(8)).await;
+    refused_as_rejected_by_userinfo(enrich(&ui, &env, &revoked, None).await);
+    assert_eq!(env.mock.hits(USERINFO), 2);
+    // ... forgotten in the eleventh second: the endpoint is asked again (and remembered again).
+    pass(Duration::from_secs(3)).await;
+    refused_as_rejected_by_userinfo(enrich(&ui, &env, &revoked, None).await);
+    assert_eq!(
+        env.mock.hits(USERINFO),
+        3,
+        "the 401 expired after NEGATIVE_TTL"
+    );
+    refused_as_rejected_by_userinfo(enrich(&ui, &env, &revoked, None).await);
+    assert_eq!(env.mock.hits(USERINFO), 3);
+    let c = ui.counters();
+    assert_eq!((c.misses, c.hits, c.unauthorized), (3, 4, 2));
 }
 
 #[tokio::test]
@@ -682,8 +725,9 @@ async fn the_same_token_at_two_issuers_is_two_entries() {
     let env = env().await;
     let ui = Userinfo::new(&settings(OnError::Deny));
     let token = alice(&env);
-    enriched(enrich_at(&ui, 0, &env.keys, &token, token.exp, None).await);
-    enriched(enrich_at(&ui, 1, &env.keys, &token, token.exp, None).await);
+    let now = now_unix();
+    enriched(enrich_at(&ui, 0, &env.keys, &token, token.exp, now, None).await);
+    enriched(enrich_at(&ui, 1, &env.keys, &token, token.exp, now, None).await);
     assert_eq!(env.mock.hits(USERINFO), 2);
     assert_eq!(ui.len(), 2);
 }
@@ -743,10 +787,13 @@ async fn the_purger_removes_expired_entries_and_stops() {
     assert_eq!(ui.len(), 3);
     let (stop, rx) = watch::channel(false);
     let purger = tokio::spawn(ui.clone().run_purger(rx));
+    // Let it start its one-second period, then jump past that and the entries' lifetime.
+    tokio::task::yield_now().await;
+    pass(Duration::from_secs(2)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ui.is_empty() {
         assert!(Instant::now() < deadline, "not purged in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.send(true).expect("send");
     tokio::time::timeout(Duration::from_secs(5), purger)

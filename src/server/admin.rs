@@ -1,5 +1,6 @@
-//! The admin listener (SPEC §7): health, readiness, Prometheus metrics and the identity JWKS.
-//! It never proxies; any other path is 404.
+//! The admin listener (SPEC §7): `/healthz`, `/readyz`, `/metrics` (Prometheus text format) and
+//! the identity JWKS (`/jwks.json`), GET or HEAD only (405 otherwise). It never proxies; any
+//! other path is 404.
 
 use std::sync::Arc;
 

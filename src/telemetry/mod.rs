@@ -39,12 +39,15 @@ pub fn init() -> WorkerGuard {
         .with_writer(writer);
     // A second init (tests) keeps the first subscriber.
     let installed = if json {
-        // `span`: the request's id (and the connection's peer) on every event inside a request.
+        // `span`: the event's innermost span — inside a request the request's (`request_id`,
+        // also in tasks the request spawns), outside one the connection's (`peer`); `spans`:
+        // the whole chain, so a request's events name its peer too. The human format prints
+        // the chain as `conn{listener peer}:request{request_id}`.
         builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init()
     } else {
         builder.try_init()

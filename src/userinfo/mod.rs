@@ -1,7 +1,8 @@
 //! The enrichment phase (SPEC §4 item 5): claims from the issuer's userinfo endpoint, merged
 //! over the access token's, behind a bounded cache with single-flight.
 //!
-//! [`Userinfo::enrich`] runs after verification on routes with `userinfo = true`:
+//! Phase 5 is [`Userinfo::enrich_caller`] (`phase.rs`): on routes with `userinfo = true` it asks
+//! [`Userinfo::cached`] (synchronous, the warm path) and on a miss [`Userinfo::enrich`]:
 //!
 //! 1. A DPoP-bound token is never sent (its proof is bound to this request, not to the userinfo
 //!    endpoint): [`Outcome::Skipped`]`(Reason::DpopBoundToken)`, token claims only.

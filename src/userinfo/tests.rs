@@ -150,6 +150,34 @@ fn a_remembered_rejection_ignores_the_route_bound_but_not_its_own() {
     assert!(cache.get(&key(1), t0 + NEGATIVE_TTL, None).is_none());
 }
 
+/// Through `Userinfo::cached`, which reads tokio's clock: paused here, so the ten seconds pass
+/// at once and exactly.
+#[tokio::test(start_paused = true)]
+async fn a_remembered_401_is_served_for_ten_seconds_and_then_the_endpoint_is_asked_again() {
+    let ui = Userinfo::new(&config::Userinfo {
+        cache_ttl: MINUTE,
+        max_entries: 10,
+        timeout: Duration::from_secs(1),
+        on_error: OnError::Proceed,
+    });
+    let token = claims(json!({"sub": "alice"}));
+    let (issuer, sha256) = key(1);
+    ui.cache
+        .insert(key(1), Cached::Rejected, Instant::now(), NEGATIVE_TTL);
+    let ask = || ui.cached(issuer, &sha256, &token, Some(Duration::ZERO), false);
+    for second in 0..10 {
+        match ask() {
+            Some(Err(rejection)) => assert_eq!(rejection.reason(), Reason::UserinfoRejected),
+            other => panic!("second {second}: expected the remembered 401, got {other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // Ten seconds on: `None`, so `enrich` calls the endpoint; and the entry is gone.
+    assert!(ask().is_none());
+    assert_eq!(ui.len(), 0);
+    assert_eq!(ui.counters().hits, 10);
+}
+
 #[test]
 fn replacing_an_entry_keeps_one_slot() {
     let cache = Cache::new(2);

@@ -17,10 +17,11 @@
 //! shared). [`DpopChecker::reconfigured`] carries all three into a new configuration
 //! generation: a reload must not forget which proofs were used.
 //!
-//! Left to the caller (`authn`/`gateway`/`rejection`): extracting `Authorization: DPoP <token>`,
-//! verifying the token and reading its `cnf.jkt`, working out the URI the client addressed
-//! ([`ExpectedHtu`]), counting `tokengate_dpop_proofs_total`, and rendering every
-//! [`ProofError`] (see [`ProofErrorKind`]).
+//! Left to the callers: extracting `Authorization: DPoP <token>`, verifying the token and reading
+//! its `cnf.jkt`, working out the URI the client addressed ([`ExpectedHtu`]) and mapping every
+//! [`ProofError`] to a `Rejection` (see [`ProofErrorKind`]) are `authn`'s (`binding.rs`);
+//! rendering it is `rejection`'s; putting the next nonce on answers is the gateway's. Counting
+//! `tokengate_dpop_proofs_total` waits for `/metrics`, which is not served yet.
 
 mod error;
 mod htu;

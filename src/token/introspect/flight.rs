@@ -11,8 +11,8 @@
 //! dropped without publishing (its task panicked or was cancelled) leaves the registry too, and
 //! its waiters see `None`.
 //!
-//! The same scheme as `userinfo`'s `Flight`, written generic over the result so both can share
-//! it; what a result means, and caching it, is the caller's business.
+//! The same scheme as `userinfo`'s `Flight`, written generic over the result (`userinfo` still
+//! has its own copy); what a result means, and caching it, is the caller's business.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -49,8 +49,7 @@ fn hmac_only(url: &str) -> Issuer {
     }
 }
 
-// The gate takes `now` as an argument, so these need no paused clock (tokio's `test-util`
-// feature, which `pause()` needs, is not enabled).
+// The gate takes `now` as an argument: these inject the time instead of waiting for it.
 
 #[test]
 fn the_first_unknown_kid_after_the_initial_load_may_refresh_at_once() {
@@ -255,19 +254,29 @@ fn an_hmac_only_issuer_with_introspection_but_no_endpoint_waits_for_discovery() 
     assert!(!IssuerKeys::new(cfg).unwrap().is_ready());
 }
 
-#[tokio::test]
-async fn run_stops_when_asked_even_while_the_issuer_is_unreachable() {
+/// Paused clock: the retry is a timer, so "stops without waiting for the retry" is exact.
+#[tokio::test(start_paused = true)]
+async fn run_stops_at_once_when_asked_while_the_issuer_is_unreachable() {
+    // Nothing listens on port 1: the first load fails at once (connection refused), long
+    // before fetch_timeout; then the task waits FIRST_BACKOFF for its retry.
     let mut cfg = issuer("http://127.0.0.1:1");
     cfg.fetch_timeout = Duration::from_secs(30);
     let keys = IssuerKeys::new(cfg).unwrap();
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(keys.clone().run(rx));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Yielding lets the runtime poll the socket without moving the paused clock, so neither the
+    // retry nor fetch_timeout can come into play while we look (bounded in real time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while keys.refresh_counts() == (0, 0) && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(keys.refresh_counts(), (0, 1), "one failed attempt");
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(5), task)
+    tokio::time::timeout(FIRST_BACKOFF / 2, task)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(keys.refresh_counts(), (0, 1), "no retry after the stop");
     assert!(!keys.is_ready());
     assert!(keys.last_error().is_some_and(|e| e.contains("discovery")));
 }
