@@ -67,15 +67,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Tries per request when the upstream did not process the stream (refused it, or went away).
 const MAX_ATTEMPTS: u32 = 3;
 
-/// h2's text for a stream the server refused (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7). h2 is
-/// not a direct dependency, so its error cannot be downcast; the refused-stream test fails if
-/// this wording ever changes.
-const REFUSED_BY_SERVER: &str =
-    "stream error received: refused stream before processing any application logic";
-/// h2's prefix for a stream above the last stream id of the server's GOAWAY (and for one it
-/// never opened because the GOAWAY came first): not processed either.
-const GOAWAY_FROM_SERVER: &str = "connection error received: ";
-
 /// Connection limits of one origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H2Limits {
@@ -291,9 +282,9 @@ async fn reap(pool: Weak<H2Pool>) {
 fn unprocessed(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        let text = cause.to_string();
-        if text == REFUSED_BY_SERVER || text.starts_with(GOAWAY_FROM_SERVER) {
-            return true;
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM) && h2.is_reset();
+            return h2.is_remote() && (refused || h2.is_go_away());
         }
         source = cause.source();
     }
