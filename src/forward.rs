@@ -1,25 +1,30 @@
-//! The upstream side: pooled HTTP/1.1 connections per upstream origin, streaming both ways.
+//! The upstream side (SPEC §4 item 7): pooled connections per upstream origin and protocol,
+//! streaming both ways.
 //!
-//! Bodies are never buffered: the client's `Incoming` body is handed to the upstream request and
-//! the upstream's body is handed back to hyper, so memory stays flat whatever the size.
-//! The only timeout here is `upstream.timeout` (until response headers); a body may take as long
-//! as it takes, like Envoy's `timeout` on a route. A WebSocket upgrade is spliced once the
-//! upstream agreed to switch to `websocket`; any other `101` is a 502.
+//! - HTTP/1.1 (the default): `pool.rs`, idle connections reused newest first, one request each
+//!   at a time.
+//! - HTTP/2 (`protocol = "h2"`, per upstream or per route; gRPC needs it): `h2.rs`, few
+//!   connections multiplexing many streams, trailers both ways.
+//!
+//! Bodies are never buffered: the client's body is handed to the upstream request once it has
+//! started (`request_body.rs`), and the upstream's body is handed back to hyper, so memory stays
+//! flat whatever the size. The only timeout here is `upstream.timeout` (until response headers,
+//! shortened by a gRPC call's own `grpc-timeout`); a body may take as long as it takes, like
+//! Envoy's `timeout` on a route. A WebSocket upgrade is spliced once the upstream agreed to
+//! switch to `websocket` (`upgrade.rs`); any other `101` is a 502.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::config::{Route, Upstream, UpstreamTarget};
-use crate::identity::UpstreamRequest;
+use crate::config::{Route, Upstream, UpstreamProtocol, UpstreamTarget};
+use crate::identity::{Outgoing, UpstreamRequest};
 use crate::reason::Reason;
 use crate::rejection::Rejection;
 use crate::scrub;
@@ -27,16 +32,24 @@ use crate::scrub;
 pub mod h2;
 mod pool;
 mod request_body;
+mod tls;
+mod upgrade;
 
-pub use pool::UpstreamBody;
-use pool::{Pool, SendError};
+use h2::{H2Body, H2Error, H2Limits, H2Pool};
+use pool::{Pool, PooledBody, SendError};
 use request_body::{is_client_body_error, NotStarted, RequestBody};
 
-/// One pool per distinct upstream origin, shared by the routes that use it.
+/// The pool of one upstream origin, in the protocol its routes speak.
+enum Pools {
+    Http1(Arc<Pool>),
+    Http2(Arc<H2Pool>),
+}
+
+/// Every (origin, protocol) the configuration names, each with its pool.
 pub struct UpstreamClient {
-    /// Every target the configuration names (by `Arc`, so a lookup is a pointer comparison),
-    /// with its origin's pool.
-    pools: Vec<(Arc<UpstreamTarget>, Arc<Pool>)>,
+    /// By target `Arc` (a lookup is a pointer comparison) and protocol; routes naming the same
+    /// origin and protocol share one pool.
+    pools: Vec<(Arc<UpstreamTarget>, UpstreamProtocol, Pools)>,
     timeout: Duration,
     /// How long a request body may take to start (`header_read_timeout`, see `request_body`).
     body_start: Duration,
@@ -52,31 +65,47 @@ impl std::fmt::Debug for UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Builds the pools; fails when `ca_file` cannot be read or holds no certificate.
-    /// `body_start`: how long a request body may take to start before the request gets 408.
+    /// Builds the pools (nothing is dialled yet); fails when `ca_file` cannot be read or holds
+    /// no certificate. `body_start`: how long a request body may take to start before the
+    /// request gets 408.
     pub fn new(
         upstream: &Upstream,
         routes: &[Route],
         body_start: Duration,
     ) -> Result<Self, String> {
-        let connector = connector(upstream)?;
-        let targets = std::iter::once(&upstream.target)
-            .chain(routes.iter().filter_map(|r| r.upstream.as_ref()));
-        let mut pools: Vec<(Arc<UpstreamTarget>, Arc<Pool>)> = Vec::new();
-        for target in targets {
-            if pools.iter().any(|(t, _)| Arc::ptr_eq(t, target)) {
+        let tls = tls::client_config(upstream)?;
+        let connector = tls::connector(upstream, tls.clone());
+        let tls = Arc::new(tls);
+        let default = (&upstream.target, upstream.protocol);
+        let wanted = std::iter::once(default).chain(routes.iter().map(|r| target_of(r, upstream)));
+        let mut pools: Vec<(Arc<UpstreamTarget>, UpstreamProtocol, Pools)> = Vec::new();
+        for (target, protocol) in wanted {
+            if pools
+                .iter()
+                .any(|(t, p, _)| Arc::ptr_eq(t, target) && *p == protocol)
+            {
                 continue;
             }
-            let pool = match pools.iter().find(|(t, _)| **t == **target) {
-                Some((_, pool)) => Arc::clone(pool),
-                None => Arc::new(Pool::new(
+            let shared = pools
+                .iter()
+                .find(|(t, p, _)| **t == **target && *p == protocol)
+                .map(|(_, _, pool)| pool.share());
+            let pool = match (shared, protocol) {
+                (Some(pool), _) => pool,
+                (None, UpstreamProtocol::Http1) => Pools::Http1(Arc::new(Pool::new(
                     target,
                     connector.clone(),
                     upstream.max_connections,
                     upstream.connect_timeout,
-                )?),
+                )?)),
+                (None, UpstreamProtocol::Http2) => {
+                    let https = target.scheme == Scheme::HTTPS;
+                    let limits = H2Limits::new(upstream.max_connections, upstream.connect_timeout);
+                    let tls = https.then(|| tls.clone());
+                    Pools::Http2(Arc::new(H2Pool::new(target, tls, limits)?))
+                }
             };
-            pools.push((Arc::clone(target), pool));
+            pools.push((Arc::clone(target), protocol, pool));
         }
         Ok(UpstreamClient {
             pools,
@@ -89,9 +118,15 @@ impl UpstreamClient {
     /// upgrade is spliced once the upstream switched to `websocket`, any other `101` is a 502.
     /// The upstream's hop-by-hop headers are not passed on.
     pub async fn send(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
-        let (request, target, client_upgrade) = req.into_parts();
+        let Outgoing {
+            request,
+            target,
+            protocol,
+            upgrade: client_upgrade,
+            trailer_rules,
+        } = req.into_outgoing();
         let (parts, body) = request.into_parts();
-        let body = match RequestBody::started(body, self.body_start).await {
+        let body = match RequestBody::started(body, self.body_start, Some(trailer_rules)).await {
             Ok(body) => body,
             Err(NotStarted::TimedOut) => return Err(Rejection::RequestTimeout),
             Err(NotStarted::Failed(error)) => {
@@ -99,12 +134,13 @@ impl UpstreamClient {
                 return Err(bad_body());
             }
         };
+        let timeout = grpc_timeout(&parts.headers).map_or(self.timeout, |t| t.min(self.timeout));
         let request = Request::from_parts(parts, body);
-        let mut response = self.exchange(&target, request).await?;
+        let mut response = self.exchange(&target, protocol, request, timeout).await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match client_upgrade {
-            Some(on_upgrade) if switching && switched_to_websocket(&response) => {
-                splice_upgrade(on_upgrade, &mut response)
+            Some(on_upgrade) if switching && upgrade::switched_to_websocket(&response) => {
+                upgrade::splice(on_upgrade, &mut response)
             }
             // A switch nobody asked for, or to another protocol than the one asked for.
             _ if switching => return Err(Rejection::BadGateway),
@@ -114,17 +150,31 @@ impl UpstreamClient {
         Ok(response)
     }
 
-    /// One exchange with `target`'s pool, bounded by `upstream.timeout`.
+    /// One exchange with the pool of `target` and `protocol`, bounded by `timeout`.
     async fn exchange(
         &self,
         target: &Arc<UpstreamTarget>,
+        protocol: UpstreamProtocol,
         req: Request<RequestBody>,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, Rejection> {
-        let Some((_, pool)) = self.pools.iter().find(|(t, _)| Arc::ptr_eq(t, target)) else {
+        let pool = self
+            .pools
+            .iter()
+            .find(|(t, p, _)| Arc::ptr_eq(t, target) && *p == protocol);
+        let Some((_, _, pool)) = pool else {
             tracing::error!(upstream = %target.origin, "no connection pool for this upstream");
             return Err(Rejection::BadGateway);
         };
-        match tokio::time::timeout(self.timeout, pool.send(req)).await {
+        let sent = match pool {
+            Pools::Http1(pool) => tokio::time::timeout(timeout, pool.send(req))
+                .await
+                .map(|r| r.map(|r| r.map(UpstreamBody::Http1))),
+            Pools::Http2(pool) => tokio::time::timeout(timeout, pool.send(req))
+                .await
+                .map(|r| r.map(|r| r.map(UpstreamBody::Http2)).map_err(from_h2)),
+        };
+        match sent {
             Err(_) => Err(Rejection::GatewayTimeout),
             Ok(Err(SendError::Saturated)) => {
                 tracing::warn!(upstream = %target.origin, "upstream max_connections reached; request refused");
@@ -141,7 +191,7 @@ impl UpstreamClient {
                 Err(bad_body())
             }
             Ok(Err(SendError::Failed(error))) => {
-                tracing::warn!(error = %error_chain(&*error), "upstream request failed");
+                tracing::warn!(upstream = %target.origin, error = %error_chain(&*error), "upstream request failed");
                 Err(Rejection::BadGateway)
             }
             Ok(Ok(response)) => Ok(response),
@@ -149,8 +199,98 @@ impl UpstreamClient {
     }
 }
 
+impl Pools {
+    fn share(&self) -> Pools {
+        match self {
+            Pools::Http1(pool) => Pools::Http1(Arc::clone(pool)),
+            Pools::Http2(pool) => Pools::Http2(Arc::clone(pool)),
+        }
+    }
+}
+
+fn from_h2(error: H2Error) -> SendError {
+    match error {
+        H2Error::Saturated => SendError::Saturated,
+        other => SendError::Failed(other.into()),
+    }
+}
+
+/// Where a route's requests go, and in which protocol.
+pub fn target_of<'a>(
+    route: &'a Route,
+    upstream: &'a Upstream,
+) -> (&'a Arc<UpstreamTarget>, UpstreamProtocol) {
+    (
+        route.upstream.as_ref().unwrap_or(&upstream.target),
+        route.upstream_protocol.unwrap_or(upstream.protocol),
+    )
+}
+
+/// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn bad_body() -> Rejection {
     Rejection::bad_framing("the request body is malformed or ended early")
+}
+
+/// An upstream response body, streamed (trailers included) from either pool.
+pub enum UpstreamBody {
+    Http1(PooledBody),
+    Http2(H2Body),
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::Http1(_) => "UpstreamBody::Http1",
+            UpstreamBody::Http2(_) => "UpstreamBody::Http2",
+        })
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// The connection pool of one upstream origin without any of the request pipeline, for the
@@ -162,9 +302,10 @@ pub struct BarePool(Arc<Pool>);
 
 impl BarePool {
     pub fn new(upstream: &Upstream) -> Result<Self, String> {
+        let connector = tls::connector(upstream, tls::client_config(upstream)?);
         Ok(BarePool(Arc::new(Pool::new(
             &upstream.target,
-            connector(upstream)?,
+            connector,
             upstream.max_connections,
             upstream.connect_timeout,
         )?)))
@@ -173,45 +314,10 @@ impl BarePool {
     /// Sends an origin-form request and waits for response headers.
     pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
         let (parts, body) = req.into_parts();
-        let body = RequestBody::started(body, Duration::MAX).await.ok()?;
-        self.0.send(Request::from_parts(parts, body)).await.ok()
+        let body = RequestBody::started(body, Duration::MAX, None).await.ok()?;
+        let response = self.0.send(Request::from_parts(parts, body)).await.ok()?;
+        Some(response.map(UpstreamBody::Http1))
     }
-}
-
-/// Dials `http` and `https` upstreams (rustls; `ca_file` or the system's roots).
-fn connector(upstream: &Upstream) -> Result<HttpsConnector<HttpConnector>, String> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(upstream.connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match &upstream.ca_file {
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no certificate found", path.display()));
-            }
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(tls)
-        }
-        None => builder
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| format!("loading the system's CA certificates: {e}"))?,
-    };
-    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
 }
 
 /// The upstream request target: the normalized path and the client's query (forwarded
@@ -226,39 +332,6 @@ pub fn upstream_uri(mut path: String, query: Option<&str>) -> Result<Uri, Reject
         .map_err(|_| Rejection::bad_request("the request target cannot be forwarded"))
 }
 
-/// Whether a `101 Switching Protocols` answer switched to WebSocket, the one protocol the client
-/// may have asked for (anything else would give it a raw connection of another kind).
-fn switched_to_websocket(response: &Response<UpstreamBody>) -> bool {
-    let mut upgrades = response.headers().get_all(http::header::UPGRADE).iter();
-    matches!(
-        (upgrades.next(), upgrades.next()),
-        (Some(value), None) if value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
-    )
-}
-
-/// Splices an upgraded client connection to the upgraded upstream connection (WebSocket).
-fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<UpstreamBody>) {
-    let upstream = hyper::upgrade::on(upstream);
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade failed"
-                );
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(%error, "upgraded connection ended");
-        }
-    });
-}
-
 /// `error: cause: cause` for the log, without the URL-bearing noise of `Debug`.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -269,4 +342,35 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(
+            timeout_of("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for bad in ["", "S", "1", "1s", "123456789S", "-1S", "1.5S", "xS"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+    }
 }

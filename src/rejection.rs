@@ -201,18 +201,44 @@ impl Rejection {
         });
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.add_headers(&mut response, realm, &description);
+        response
+    }
+
+    /// The answer to a gRPC request (`content-type: application/grpc…`, SPEC §6): the same
+    /// decision as a "trailers-only" response — HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status` mapped from the HTTP status the way gRPC maps them, `grpc-message` the
+    /// percent-encoded description, no body — keeping `WWW-Authenticate`, `Retry-After` and the
+    /// rest.
+    pub fn into_grpc_response(&self, realm: &str) -> Response<Full<Bytes>> {
+        let description = self.description();
+        let mut response = Response::new(Full::new(Bytes::new()));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(grpc_status(self.status())));
+        if let Ok(message) = HeaderValue::try_from(grpc_message(&description)) {
+            headers.insert("grpc-message", message);
+        }
+        self.add_headers(&mut response, realm, &description);
+        response
+    }
+
+    /// The headers every rendering of this rejection carries.
+    fn add_headers(&self, response: &mut Response<Full<Bytes>>, realm: &str, description: &str) {
+        let headers = response.headers_mut();
         let challenge = match self {
             Rejection::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
             Rejection::InvalidToken { .. } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-                quoted(&description)
+                quoted(description)
             )),
             Rejection::Dpop { error, algs, .. } => Some(format!(
                 "DPoP realm=\"{realm}\", error=\"{}\", error_description=\"{}\", algs=\"{}\"",
                 error.code(),
-                quoted(&description),
+                quoted(description),
                 quoted(algs)
             )),
             Rejection::InsufficientScope { scope } => Some(format!(
@@ -239,8 +265,35 @@ impl Rejection {
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        response
     }
+}
+
+/// gRPC's mapping of an HTTP status to a status code (gRPC's "HTTP to gRPC Status Code Mapping"):
+/// 400 → 13 INTERNAL, 401 → 16 UNAUTHENTICATED, 403 → 7 PERMISSION_DENIED, 404 → 12
+/// UNIMPLEMENTED, 429/502/503/504 → 14 UNAVAILABLE, anything else → 2 UNKNOWN.
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message`: percent-encoded (gRPC's HTTP/2 protocol spec: bytes outside 0x20-0x7E, and
+/// `%`, as `%XX`).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Makes text safe inside an RFC 7235 quoted-string: `"` and `\` are dropped and anything that is
@@ -313,6 +366,52 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "5");
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn grpc_requests_get_a_trailers_only_answer_with_the_mapped_status() {
+        let r = Rejection::InsufficientScope {
+            scope: "orders:read".into(),
+        };
+        let resp = r.into_grpc_response("tokengate");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(resp.headers()["grpc-status"], "7");
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "the token lacks a required scope (orders:read)"
+        );
+        assert!(resp.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(0));
+    }
+
+    #[test]
+    fn grpc_status_follows_grpcs_http_mapping() {
+        let cases = [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (408, 2),
+            (431, 2),
+            (500, 2),
+        ];
+        for (http, grpc) in cases {
+            assert_eq!(
+                grpc_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_message("50% é\n"), "50%25 %C3%A9%0A");
     }
 
     #[test]

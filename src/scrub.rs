@@ -185,6 +185,20 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
     } else {
         None
     };
+    // `TE: trailers` is the one `TE` value passed on: it tells the upstream (gRPC above all)
+    // that the client takes trailers. Every other transfer coding is this hop's business.
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     let mut doomed: Vec<HeaderName> = connection_named(headers);
     for name in headers.keys() {
         let forwarded = name == X_FORWARDED_FOR
@@ -230,6 +244,33 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
     if let Some(upgrade) = upgrade_value {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Scrubs the trailer fields of a request body (HTTP/1.1 chunked or HTTP/2 trailers) before they
+/// go upstream: whatever the head may not carry from a client, a trailer may not either (an
+/// HTTP/2 upstream would see `x-auth-subject` as a trailer just as well), and neither may the
+/// fields RFC 9110 §6.5.1 keeps out of trailers (framing, routing, authentication).
+pub fn request_trailers(trailers: &mut HeaderMap, rules: &ScrubRules) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in trailers.keys() {
+        let canon = canonical(name.as_str());
+        if is_hop_by_hop(name)
+            || rules.is_spoofable(name)
+            || is_managed(&canon)
+            || name == header::CONTENT_LENGTH
+            || name == header::CONTENT_TYPE
+            || name == header::CONTENT_ENCODING
+            || name == FORWARDED
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        trailers.remove(name);
     }
 }
 

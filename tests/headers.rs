@@ -186,7 +186,7 @@ async fn hop_by_hop_request_headers_and_those_named_in_connection_never_reach_up
          X-Baz: 3\r\n\
          Keep-Alive: timeout=5\r\n\
          Proxy-Connection: keep-alive\r\n\
-         TE: trailers\r\n\
+         TE: gzip\r\n\
          Trailer: X-Checksum\r\n\
          Upgrade: websocket\r\n\
          X-Unlisted: stays\r\n",

@@ -218,12 +218,17 @@ fn upstream(ctx: &mut Ctx<'_>, raw: Option<raw::RawUpstream>, p: &KeyPath) -> Ch
         i64::MAX,
     );
     let ca_file = ctx.opt_file(raw.ca_file, &p.key("ca_file"), FileKind::Certificates);
+    let protocol = raw
+        .protocol
+        .map(|v| ctx.check(&p.key("protocol"), UpstreamProtocol::parse(&v)))
+        .transpose();
     Ok(Upstream {
         target: Arc::new(url?),
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         max_connections: max_connections?,
         ca_file: ca_file?,
+        protocol: protocol?.unwrap_or(UpstreamProtocol::Http1),
     })
 }
 

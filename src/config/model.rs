@@ -74,6 +74,28 @@ pub struct Upstream {
     /// Connections per upstream origin, busy or idle.
     pub max_connections: usize,
     pub ca_file: Option<PathBuf>,
+    /// What routes without `upstream_protocol` speak to their upstream.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol tokengate speaks to an upstream (SPEC §3 `[upstream].protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, one request per pooled connection at a time (the default).
+    Http1,
+    /// HTTP/2: prior knowledge (h2c) for `http://`, ALPN `h2` for `https://`; needed for gRPC.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// `"http1"` or `"h2"`, as in the configuration.
+    pub fn parse(text: &str) -> Result<UpstreamProtocol, String> {
+        match text {
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "h2" => Ok(UpstreamProtocol::Http2),
+            other => Err(format!("expected \"http1\" or \"h2\", found {other:?}")),
+        }
+    }
 }
 
 /// Where requests go. The configured URL must be an origin (`scheme://host[:port]`, optional `/`):
@@ -280,6 +302,8 @@ pub struct Route {
     pub userinfo: bool,
     pub userinfo_max_age: Option<Duration>,
     pub upstream: Option<Arc<UpstreamTarget>>,
+    /// `upstream_protocol`: overrides `[upstream].protocol` for this route.
+    pub upstream_protocol: Option<UpstreamProtocol>,
     pub audience: Option<String>,
     pub require_sender_constrained: bool,
     /// `scopes`, `[[route.claims]]` and `[[route.any_of]]`, compiled (SPEC §3, §4.6).

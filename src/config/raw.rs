@@ -73,6 +73,7 @@ pub struct RawUpstream {
     pub timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub ca_file: Option<String>,
+    pub protocol: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -179,6 +180,7 @@ pub struct RawRoute {
     pub userinfo: Option<bool>,
     pub userinfo_max_age: Option<String>,
     pub upstream: Option<String>,
+    pub upstream_protocol: Option<String>,
     pub audience: Option<String>,
     pub require_sender_constrained: Option<bool>,
     pub claims: Option<Vec<ClaimRule>>,
@@ -268,6 +270,7 @@ const UPSTREAM: &[(&str, Shape)] = &[
     ("timeout", Leaf),
     ("max_connections", Leaf),
     ("ca_file", Leaf),
+    ("protocol", Leaf),
 ];
 
 const INTROSPECTION: &[(&str, Shape)] = &[
@@ -350,6 +353,7 @@ const ROUTE: &[(&str, Shape)] = &[
     ("userinfo", Leaf),
     ("userinfo_max_age", Leaf),
     ("upstream", Leaf),
+    ("upstream_protocol", Leaf),
     ("audience", Leaf),
     ("require_sender_constrained", Leaf),
     ("claims", Tables(CLAIM_RULE)),

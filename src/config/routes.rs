@@ -83,6 +83,10 @@ fn route(
         .upstream
         .map(|u| ctx.check(&at("upstream"), origin(&u).map(Arc::new)))
         .transpose();
+    let upstream_protocol = raw
+        .upstream_protocol
+        .map(|v| ctx.check(&at("upstream_protocol"), UpstreamProtocol::parse(&v)))
+        .transpose();
     let audience = ctx.opt_text(raw.audience, &at("audience"));
     let scopes = raw.scopes.unwrap_or_default();
     let claims = raw.claims.unwrap_or_default();
@@ -109,6 +113,7 @@ fn route(
         userinfo: Ctx::flag(raw.userinfo),
         userinfo_max_age: userinfo_max_age?,
         upstream: upstream?,
+        upstream_protocol: upstream_protocol?,
         audience: audience?,
         require_sender_constrained: Ctx::flag(raw.require_sender_constrained),
         policy: policy?,

@@ -148,7 +148,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<PooledBody>, SendError> {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
@@ -239,11 +239,11 @@ impl Pool {
         self: &Arc<Self>,
         sender: SendRequest<RequestBody>,
         response: Response<Incoming>,
-    ) -> Response<UpstreamBody> {
+    ) -> Response<PooledBody> {
         let reuse = (response.status() != StatusCode::SWITCHING_PROTOCOLS)
             .then(|| (sender, Arc::clone(self)));
         response.map(|inner| {
-            let mut body = UpstreamBody { inner, reuse };
+            let mut body = PooledBody { inner, reuse };
             if body.inner.is_end_stream() {
                 body.release();
             }
@@ -302,12 +302,12 @@ async fn reap(pool: Weak<Pool>) {
 }
 
 /// An upstream response body, streamed; gives its connection back to the pool at its end.
-pub struct UpstreamBody {
+pub struct PooledBody {
     inner: Incoming,
     reuse: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
 }
 
-impl UpstreamBody {
+impl PooledBody {
     fn release(&mut self) {
         if let Some((sender, pool)) = self.reuse.take() {
             pool.put(sender);
@@ -315,15 +315,15 @@ impl UpstreamBody {
     }
 }
 
-impl std::fmt::Debug for UpstreamBody {
+impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
+        f.debug_struct("PooledBody")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 

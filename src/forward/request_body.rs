@@ -8,6 +8,10 @@
 //! (its first frame, or its end) within `header_read_timeout` gets 408 and never touches the
 //! upstream. A body that starts and then trickles is bounded by `[upstream].timeout` as before.
 //!
+//! Trailers: the body's trailer fields (HTTP/1.1 chunked, HTTP/2) are scrubbed as they pass, by
+//! the same rules as the request head (`scrub::request_trailers`): a client must not be able to
+//! send `X-Auth-Subject` as a trailer to an HTTP/2 upstream either.
+//!
 //! Why a separate error type: hyper reports a broken chunked body or a client that hung up
 //! mid-upload as a failure of the upstream exchange. Wrapping the client body's errors in
 //! [`ClientBodyError`] lets the forwarder find them in the error's cause chain and answer 400 (the
@@ -15,6 +19,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,11 +27,16 @@ use bytes::{Buf, Bytes};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::scrub::{self, ScrubRules};
+
 /// A request body that has started.
 pub struct RequestBody {
     /// The frame read while waiting for the start, handed out first.
     first: Option<Frame<Bytes>>,
     rest: Incoming,
+    /// What trailer fields may not pass (`scrub::request_trailers`); `None` passes them as sent
+    /// (the benchmark's bare pool only).
+    trailer_rules: Option<Arc<ScrubRules>>,
 }
 
 /// Reading the client's body failed (bad framing, or the client went away).
@@ -56,21 +66,34 @@ impl RequestBody {
     /// Waits up to `wait` for `body` to start (module docs). A body already known to be empty
     /// (no `Content-Length`/`Transfer-Encoding`, `Content-Length: 0`, HTTP/2 `END_STREAM` on
     /// the head) does not wait.
-    pub async fn started(mut body: Incoming, wait: Duration) -> Result<RequestBody, NotStarted> {
-        if body.is_end_stream() {
-            return Ok(RequestBody {
-                first: None,
-                rest: body,
-            });
+    pub async fn started(
+        body: Incoming,
+        wait: Duration,
+        trailer_rules: Option<Arc<ScrubRules>>,
+    ) -> Result<RequestBody, NotStarted> {
+        let mut started = RequestBody {
+            first: None,
+            rest: body,
+            trailer_rules,
+        };
+        if started.rest.is_end_stream() {
+            return Ok(started);
         }
-        match tokio::time::timeout(wait, body.frame()).await {
+        match tokio::time::timeout(wait, started.rest.frame()).await {
             Err(_) => Err(NotStarted::TimedOut),
             Ok(Some(Err(error))) => Err(NotStarted::Failed(ClientBodyError(error))),
-            Ok(first) => Ok(RequestBody {
-                first: first.and_then(Result::ok),
-                rest: body,
-            }),
+            Ok(first) => {
+                started.first = first.and_then(Result::ok).map(|f| started.scrubbed(f));
+                Ok(started)
+            }
         }
+    }
+
+    fn scrubbed(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let (Some(trailers), Some(rules)) = (frame.trailers_mut(), &self.trailer_rules) {
+            scrub::request_trailers(trailers, rules);
+        }
+        frame
     }
 }
 
@@ -88,7 +111,7 @@ impl Body for RequestBody {
         }
         Pin::new(&mut this.rest)
             .poll_frame(cx)
-            .map(|frame| frame.map(|r| r.map_err(ClientBodyError)))
+            .map(|frame| frame.map(|r| r.map(|f| this.scrubbed(f)).map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -19,6 +19,8 @@ pub struct RequestCtx {
     pub span: Span,
     /// The matched route's index in the configuration (its metrics), once routed.
     pub route: Option<usize>,
+    /// A gRPC call (`content-type: application/grpc…`): our own errors are answered in gRPC form.
+    pub grpc: bool,
 }
 
 impl RequestCtx {
@@ -34,6 +36,9 @@ impl RequestCtx {
             start: Instant::now(),
             span,
             route: None,
+            grpc: headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
         }
     }
 

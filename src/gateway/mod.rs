@@ -180,9 +180,12 @@ impl Gateway {
                 let reason = rejection.reason();
                 self.metrics.auth_failure(reason);
                 ctx.line.reason = Some(reason);
-                rejection
-                    .into_response(&self.config.server.realm)
-                    .map(Either::Right)
+                let realm = &self.config.server.realm;
+                match ctx.grpc {
+                    true => rejection.into_grpc_response(realm),
+                    false => rejection.into_response(realm),
+                }
+                .map(Either::Right)
             }
         };
         let headers = response.headers_mut();

@@ -42,7 +42,7 @@ use super::headers as claim_headers;
 use super::jwks::PublishedJwks;
 use super::signing::SigningKey;
 use crate::authn::{unix_now, Caller, ClaimsSource, Principal};
-use crate::config::{Config, Route, UpstreamTarget};
+use crate::config::{Config, Route, UpstreamProtocol, UpstreamTarget};
 use crate::forward;
 use crate::policy::Authorized;
 use crate::rejection::Rejection;
@@ -54,7 +54,7 @@ use crate::token::claims::ClaimPath;
 #[derive(Debug)]
 pub struct Identity {
     config: Arc<Config>,
-    scrub: ScrubRules,
+    scrub: Arc<ScrubRules>,
     /// Signs identity assertions; `None` without `[identity] signing_key`.
     minter: Option<Minter>,
     /// The verification keys, serialized once (SPEC §5).
@@ -64,17 +64,22 @@ pub struct Identity {
 }
 
 /// A request ready for the upstream: only [`Identity::mint`] makes one.
-pub struct UpstreamRequest {
-    request: Request<Incoming>,
-    target: Arc<UpstreamTarget>,
+pub struct UpstreamRequest(Outgoing);
+
+/// An [`UpstreamRequest`] taken apart, by the forwarder and nowhere else.
+pub(crate) struct Outgoing {
+    pub request: Request<Incoming>,
+    pub target: Arc<UpstreamTarget>,
+    pub protocol: UpstreamProtocol,
     /// The client's side of an authorized WebSocket upgrade.
-    upgrade: Option<OnUpgrade>,
+    pub upgrade: Option<OnUpgrade>,
+    /// Applied to the request body's trailers as they stream through (`scrub::request_trailers`).
+    pub trailer_rules: Arc<ScrubRules>,
 }
 
 impl UpstreamRequest {
-    /// Taken apart by the forwarder, and nowhere else.
-    pub(crate) fn into_parts(self) -> (Request<Incoming>, Arc<UpstreamTarget>, Option<OnUpgrade>) {
-        (self.request, self.target, self.upgrade)
+    pub(crate) fn into_outgoing(self) -> Outgoing {
+        self.0
     }
 }
 
@@ -90,7 +95,7 @@ impl Identity {
         Ok(Identity {
             minter: key.map(|key| Minter::new(identity, key)),
             jwks,
-            scrub: ScrubRules::new(config),
+            scrub: Arc::new(ScrubRules::new(config)),
             claim_headers: identity
                 .headers
                 .iter()
@@ -130,10 +135,8 @@ impl Identity {
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let target = route
-            .upstream
-            .clone()
-            .unwrap_or_else(|| self.config.upstream.target.clone());
+        let (target, protocol) = forward::target_of(route, &self.config.upstream);
+        let target = target.clone();
         let forward_path = inbound.path.forward_path;
         if let Principal::Caller(caller) = authorized.principal() {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &caller.claims);
@@ -156,11 +159,13 @@ impl Identity {
         let upgrade = websocket
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
-        Ok(UpstreamRequest {
+        Ok(UpstreamRequest(Outgoing {
             request: Request::from_parts(parts, body),
             target,
+            protocol,
             upgrade,
-        })
+            trailer_rules: self.scrub.clone(),
+        }))
     }
 
     /// The signed assertion for a verified caller (SPEC §5); `None` without a signing key.

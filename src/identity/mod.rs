@@ -9,4 +9,5 @@ pub mod jwks;
 mod mint;
 pub mod signing;
 
+pub(crate) use mint::Outgoing;
 pub use mint::{Identity, UpstreamRequest};

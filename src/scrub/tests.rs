@@ -69,7 +69,7 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("Connection", "x-second"),
         ("Keep-Alive", "timeout=5"),
         ("Proxy-Connection", "keep-alive"),
-        ("TE", "trailers"),
+        ("TE", "gzip, deflate"),
         ("Trailer", "x-t"),
         ("Upgrade", "websocket"),
         ("X-Secret-Hop", "1"),
@@ -90,6 +90,47 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         assert!(!h.contains_key(gone), "{gone} survived");
     }
     assert_eq!(h["x-kept"], "3");
+}
+
+#[test]
+fn te_trailers_is_the_one_te_value_passed_on() {
+    for (sent, forwarded) in [
+        ("trailers", Some("trailers")),
+        ("gzip, trailers", Some("trailers")),
+        ("Trailers;q=0.5", Some("trailers")),
+        ("gzip", None),
+        ("trailersx", None),
+    ] {
+        let mut h = headers(&[("TE", sent)]);
+        request_headers(&mut h, &rules(false, &[]), &view("10.0.0.9"));
+        let all: Vec<&str> = h
+            .get_all("te")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(all, forwarded.into_iter().collect::<Vec<_>>(), "TE: {sent}");
+    }
+}
+
+#[test]
+fn trailer_fields_that_could_pass_for_identity_or_steer_the_hop_are_removed() {
+    let mut t = headers(&[
+        ("X-Identity-Assertion", "forged"),
+        ("x_user_email", "a@evil"),
+        ("X-Auth-Subject", "admin"),
+        ("X-Forwarded-User", "admin"),
+        ("Authorization", "Bearer x"),
+        ("Host", "admin.example.com"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("Content-Length", "5"),
+        ("Transfer-Encoding", "chunked"),
+        ("grpc-status", "0"),
+        ("X-Checksum", "abc"),
+    ]);
+    request_trailers(&mut t, &rules(false, &[]));
+    let mut names: Vec<&str> = t.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["grpc-status", "x-checksum"]);
 }
 
 #[test]

@@ -171,6 +171,7 @@ async fn main() {
             timeout: Duration::from_secs(60),
             max_connections: 1024,
             ca_file: None,
+            protocol: tokengate::config::UpstreamProtocol::Http1,
         };
         let pool = Arc::new(BarePool::new(&settings).unwrap_or_else(|e| {
             eprintln!("{e}");
