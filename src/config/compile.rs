@@ -109,12 +109,6 @@ fn server(ctx: &mut Ctx<'_>, raw: Option<raw::RawServer>, p: &KeyPath) -> Checke
         .enumerate()
         .map(|(i, v)| ctx.check(&at("trusted_proxies").index(i), trusted_proxy(v)))
         .collect());
-    if raw.public_base_url.is_some() {
-        ctx.warn(
-            &at("public_base_url"),
-            "has no effect yet: it serves DPoP proof checks, which are not implemented",
-        );
-    }
     let public_base_url = raw
         .public_base_url
         .map(|v| ctx.check(&at("public_base_url"), origin(&v).map(|t| t.origin)))

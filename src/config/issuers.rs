@@ -120,12 +120,6 @@ fn issuer(ctx: &mut Ctx<'_>, raw: raw::RawIssuer, p: &KeyPath) -> Checked<Issuer
             t.map(|t| ctx.check(&at("require_typ"), typ(&t)))
                 .transpose()
         });
-    if raw.introspection.is_some() {
-        ctx.warn(
-            &at("introspection"),
-            "has no effect yet: introspection is not implemented, so opaque tokens get 401",
-        );
-    }
     let introspection = raw
         .introspection
         .map(|i| introspection(ctx, i, &at("introspection"), allow_http))

@@ -3,6 +3,7 @@
 //! when its handle is dropped.
 #![allow(dead_code)]
 
+pub mod dpop;
 pub mod echo;
 pub mod gate;
 pub mod h2_upstream;
