@@ -42,7 +42,7 @@ impl Collector for CoreCollector {
         histograms(
             e,
             "tokengate_request_duration_seconds",
-            "Time from the request head to the end of the answer, by route.",
+            "Time from the request head to the response head, by route.",
             &routes,
             RouteMetrics::request_duration,
         )?;
