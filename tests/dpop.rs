@@ -643,8 +643,8 @@ async fn an_unbound_token_with_the_dpop_scheme_is_refused() {
     );
 }
 
-/// The token is verified before its proof: a bad token gets the ordinary `Bearer` answer of
-/// SPEC §6 (the `DPoP` challenge is for proof and binding problems, SPEC §4.8).
+/// The token is verified before its proof; a client that used the `DPoP` scheme gets the token's
+/// `invalid_token` in a `DPoP` challenge (RFC 9449 §7.1), so it keeps talking DPoP.
 #[tokio::test]
 async fn an_expired_bound_token_is_refused_before_its_proof_is_looked_at() {
     let w = world().await;
@@ -659,7 +659,7 @@ async fn an_expired_bound_token_is_refused_before_its_proof_is_looked_at() {
     assert_eq!(answer.status, 401);
     assert_eq!(
         answer.header("www-authenticate"),
-        Some("Bearer realm=\"tokengate\", error=\"invalid_token\", error_description=\"token has expired\"")
+        Some("DPoP realm=\"tokengate\", error=\"invalid_token\", error_description=\"token has expired\", algs=\"EdDSA ES256\"")
     );
     assert_eq!(answer.json()["error"], "invalid_token");
     assert!(w.echo.seen().is_empty());

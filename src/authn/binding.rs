@@ -209,6 +209,24 @@ impl Senders {
         )
     }
 
+    /// A token rejection for a request made with the `DPoP` scheme: the same `invalid_token`,
+    /// with a `DPoP` challenge instead of a `Bearer` one. Other answers (503) are unchanged.
+    pub fn in_dpop_scheme(&self, rejection: Rejection) -> Rejection {
+        match rejection {
+            Rejection::InvalidToken {
+                reason,
+                description,
+            } => Rejection::Dpop {
+                error: DpopError::InvalidToken,
+                reason,
+                description,
+                algs: self.algs.clone(),
+                nonce: None,
+            },
+            other => other,
+        }
+    }
+
     fn challenge(&self, error: DpopError, reason: Reason, description: &'static str) -> Rejection {
         Rejection::Dpop {
             error,

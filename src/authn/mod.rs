@@ -131,7 +131,13 @@ impl Authenticator {
             Credential::Dpop(raw) => (raw, true),
         };
         let now = unix_now();
-        let mut token = self.token(raw, now).await?;
+        let mut token = match self.token(raw, now).await {
+            Ok(token) => token,
+            // A client that used the `DPoP` scheme is answered in it (RFC 9449 §7.1), whatever
+            // is wrong with the token.
+            Err(rejection) if dpop => return Err(self.senders.in_dpop_scheme(rejection)),
+            Err(rejection) => return Err(rejection),
+        };
         let inbound = &routed.inbound;
         token.auth = if dpop {
             let skew = self.issuer_skew(token.issuer);
