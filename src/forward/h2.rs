@@ -7,27 +7,27 @@
 //! and trailers pass both ways, so gRPC unary and streaming calls work.
 //!
 //! How the pieces fit, and why:
-//! - **The server's stream limit** is read off the wire ([`frames`]): an IO wrapper under hyper
+//! - **The server's stream limit** is read off the wire (`frames`): an IO wrapper under hyper
 //!   scans the frame headers the server sends for SETTINGS and GOAWAY. hyper 1.12 does have
 //!   `Connection::current_max_send_streams()`, but that future lives in its own task, its value
 //!   before the first SETTINGS is our own guess (indistinguishable from the server's), and GOAWAY
 //!   is not exposed at all; the wrapper answers all three, independently of h2's internals.
-//!   Each connection counts the streams it handed out against that limit ([`checkout`]); h2
+//!   Each connection counts the streams it handed out against that limit (`checkout`); h2
 //!   still enforces the limit itself, the count only decides where a stream goes and when to dial.
-//! - **A cold burst is never refused** ([`dial`]): a connection is handed out only after the
+//! - **A cold burst is never refused** (`dial`): a connection is handed out only after the
 //!   server's first SETTINGS, and `initial_max_send_streams(1)` covers the instant between our
 //!   reading them and h2 applying them.
 //! - **A request the server did not process is sent again** (up to 3 tries): one that a
 //!   connection closed before taking (hyper hands it back whole), and one without a body whose
 //!   stream was refused (REFUSED_STREAM) or lay above the last stream id of a GOAWAY (RFC 9113
 //!   §8.7). A request with a body is not: hyper reads the body as soon as the stream opens,
-//!   bodies are never buffered ([`body`]), and hyper never hands back what reached h2.
+//!   bodies are never buffered (`body`), and hyper never hands back what reached h2.
 //! - **Dead connections are replaced**: PING keep-alive (also while idle) ends a connection
 //!   whose server stopped answering; a GOAWAY takes the connection out of rotation while its
 //!   streams finish; connections idle for 60-90 s are closed.
 //! - **`max_connections` is a hard bound on sockets**: each socket holds a semaphore permit for
 //!   its whole life, from dial to close, draining ones included.
-//! - **Headers** ([`head`]): no HTTP/1-only header goes upstream; `Host` becomes `:authority`.
+//! - **Headers** (`head`): no HTTP/1-only header goes upstream; `Host` becomes `:authority`.
 //!
 //! A note for operators: gRPC-Go servers by default answer pings more frequent than every 5
 //! minutes on a connection without streams with GOAWAY `too_many_pings`. That is handled (the

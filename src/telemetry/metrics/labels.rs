@@ -19,7 +19,7 @@ pub trait FixedLabel: Copy + 'static {
     const ALL: &'static [Self];
     /// The label value as written in the output.
     fn label(self) -> &'static str;
-    /// The slot of this value in a [`Counts`].
+    /// The slot of this value in a `Counts`.
     fn index(self) -> usize;
     /// The value written as `label`, if it is one of the set.
     fn from_label(label: &str) -> Option<Self>;
