@@ -1,9 +1,9 @@
 //! Step 5 of the loader: each section of the raw schema checked and compiled into the model.
 //!
-//! One function per table (`server`, `admin`, `upstream`, `dpop`, `userinfo`, `identity`), each
-//! reading every key, reporting every bad value at its key path and only then deciding whether
-//! the section could be built. Issuers and routes have their own files (`issuers.rs`,
-//! `routes.rs`); the pure value checks they share are in `check.rs`.
+//! One function per table (`server`, `admin`, `upstream`, `dpop`, `userinfo`, `identity`,
+//! `telemetry`), each reading every key, reporting every bad value at its key path and only then
+//! deciding whether the section could be built. Issuers and routes have their own files
+//! (`issuers.rs`, `routes.rs`); the pure value checks they share are in `check.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +37,10 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, raw: RawConfig) -> Checked<Config> {
     let dpop = dpop(ctx, raw.dpop.unwrap_or_default(), &root.key("dpop"));
     let userinfo = userinfo(ctx, raw.userinfo.unwrap_or_default(), &root.key("userinfo"));
     let identity = identity(ctx, raw.identity.unwrap_or_default(), &root.key("identity"));
+    let telemetry = raw
+        .telemetry
+        .map(|t| telemetry(ctx, t, &root.key("telemetry")))
+        .transpose();
     let routes = routes(
         ctx,
         raw.route.unwrap_or_default(),
@@ -52,6 +56,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, raw: RawConfig) -> Checked<Config> {
         dpop: dpop?,
         userinfo: userinfo?,
         identity: identity?,
+        telemetry: telemetry?,
         routes: routes?,
     })
 }
@@ -381,4 +386,57 @@ fn identity_headers(
         }
     }
     out
+}
+
+fn telemetry(ctx: &mut Ctx<'_>, raw: raw::RawTelemetry, p: &KeyPath) -> Checked<Telemetry> {
+    let at = |k: &str| p.key(k);
+    let otlp_endpoint = match raw.otlp_endpoint {
+        None => Ok(None),
+        Some(text) => {
+            let base = ctx.check(&at("otlp_endpoint"), otlp_base(&text));
+            if let Ok(base) = &base {
+                if base.ends_with("/v1/traces") {
+                    ctx.warn(
+                        &at("otlp_endpoint"),
+                        format!(
+                            "spans are POSTed to {base}/v1/traces; give the collector's base URL \
+                             (without /v1/traces) unless that is really where it listens"
+                        ),
+                    );
+                }
+            }
+            base.map(Some)
+        }
+    };
+    let service_name = raw.service_name.unwrap_or_else(|| "tokengate".to_owned());
+    let service_name = ctx.check(
+        &at("service_name"),
+        non_empty(service_name).and_then(no_controls),
+    );
+    let sample_ratio = match raw.sample_ratio {
+        None => Ok(1.0),
+        Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Some(r) => Err(ctx.error(
+            &at("sample_ratio"),
+            format!("must be between 0.0 and 1.0, found {r}"),
+        )),
+    };
+    Ok(Telemetry {
+        otlp_endpoint: otlp_endpoint?,
+        service_name: service_name?,
+        sample_ratio: sample_ratio?,
+    })
+}
+
+/// The collector's base URL: absolute http(s), no query (the exporter appends `/v1/traces`),
+/// stored without trailing `/`. A path is kept (a collector behind a path prefix).
+fn otlp_base(text: &str) -> Result<String, String> {
+    let uri = parse_http_url(text)?;
+    if uri.query().is_some() {
+        return Err(format!(
+            "{text:?} has a query; give the collector's base URL such as \"http://127.0.0.1:4318\" \
+             (spans are POSTed to <otlp_endpoint>/v1/traces)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }

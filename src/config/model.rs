@@ -25,6 +25,8 @@ pub struct Config {
     pub dpop: Dpop,
     pub userinfo: Userinfo,
     pub identity: Identity,
+    /// `None` when the file has no `[telemetry]` table (trace context is propagated anyway).
+    pub telemetry: Option<Telemetry>,
     pub routes: Vec<Route>,
 }
 
@@ -264,6 +266,28 @@ pub struct Identity {
     pub bind_request: bool,
     /// `[identity.headers]` in file order: header name -> claim name (or JSON Pointer).
     pub headers: Vec<(HeaderName, String)>,
+}
+
+/// `[telemetry]` (SPEC §3, §8): trace export and the sampling of new traces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The OTLP/HTTP collector's base URL without a trailing `/`; spans go to
+    /// [`Telemetry::traces_url`]. `None`: nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The fraction of traces started here that are sampled, 0.0..=1.0 (a continued trace
+    /// keeps its caller's decision).
+    pub sample_ratio: f64,
+}
+
+impl Telemetry {
+    /// `<otlp_endpoint>/v1/traces`, where span batches are POSTed.
+    pub fn traces_url(&self) -> Option<String> {
+        self.otlp_endpoint
+            .as_ref()
+            .map(|base| format!("{base}/v1/traces"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

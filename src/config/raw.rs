@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub dpop: Option<RawDpop>,
     pub userinfo: Option<RawUserinfo>,
     pub identity: Option<RawIdentity>,
+    pub telemetry: Option<RawTelemetry>,
     pub route: Option<Vec<RawRoute>>,
 }
 
@@ -139,6 +140,15 @@ pub struct RawIdentity {
     pub forward_token: Option<bool>,
     pub bind_request: Option<bool>,
     pub headers: Option<HeaderPairs>,
+}
+
+/// `[telemetry]`: traces (SPEC §8). `sample_ratio` also reads a TOML integer (`0`, `1`).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[identity.headers]` in file order: header name -> claim. toml_edit hands a table's entries
@@ -328,6 +338,12 @@ const IDENTITY: &[(&str, Shape)] = &[
     ("headers", Map),
 ];
 
+const TELEMETRY: &[(&str, Shape)] = &[
+    ("otlp_endpoint", Leaf),
+    ("service_name", Leaf),
+    ("sample_ratio", Leaf),
+];
+
 const CLAIM_RULE: &[(&str, Shape)] = &[
     ("claim", Leaf),
     ("equals", Leaf),
@@ -369,6 +385,7 @@ pub(crate) const KNOWN: &[(&str, Shape)] = &[
     ("dpop", Table(DPOP)),
     ("userinfo", Table(USERINFO)),
     ("identity", Table(IDENTITY)),
+    ("telemetry", Table(TELEMETRY)),
     ("route", Tables(ROUTE)),
 ];
 

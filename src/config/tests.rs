@@ -1676,6 +1676,7 @@ mod schema {
         assert_eq!(known(&["dpop"]), serde_fields::<raw::RawDpop>());
         assert_eq!(known(&["userinfo"]), serde_fields::<raw::RawUserinfo>());
         assert_eq!(known(&["identity"]), serde_fields::<raw::RawIdentity>());
+        assert_eq!(known(&["telemetry"]), serde_fields::<raw::RawTelemetry>());
         assert_eq!(known(&["route"]), serde_fields::<raw::RawRoute>());
         assert_eq!(
             known(&["route", "claims"]),
@@ -1705,4 +1706,168 @@ fn public_base_url_and_introspection_load_without_warnings() {
         Some("https://api.example.com")
     );
     assert!(loaded.config.issuers[0].introspection.is_some());
+}
+
+// --- [telemetry] -----------------------------------------------------------------------------
+
+#[test]
+fn telemetry_is_absent_unless_configured() {
+    assert_eq!(config(HEAD).telemetry, None);
+}
+
+#[test]
+fn telemetry_defaults_and_endpoint_normalization() {
+    let c = config(&with_head(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\n",
+    ));
+    let t = c.telemetry.expect("telemetry");
+    assert_eq!(t.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    assert_eq!(
+        t.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(t.service_name, "tokengate");
+    assert_eq!(t.sample_ratio, 1.0);
+}
+
+#[test]
+fn telemetry_keys_are_read() {
+    let c = config(&with_head(
+        "[telemetry]\notlp_endpoint = \"https://otel.example.com/otlp\"\nservice_name = \"edge-gw\"\nsample_ratio = 0.25\n",
+    ));
+    let t = c.telemetry.expect("telemetry");
+    assert_eq!(
+        t.traces_url().as_deref(),
+        Some("https://otel.example.com/otlp/v1/traces"),
+        "a path prefix is kept"
+    );
+    assert_eq!(t.service_name, "edge-gw");
+    assert_eq!(t.sample_ratio, 0.25);
+}
+
+#[test]
+fn telemetry_without_endpoint_only_samples() {
+    let c = config(&with_head("[telemetry]\nsample_ratio = 0\n"));
+    let t = c.telemetry.expect("telemetry");
+    assert_eq!(t.otlp_endpoint, None);
+    assert_eq!(t.traces_url(), None);
+    assert_eq!(t.sample_ratio, 0.0, "an integer is accepted");
+}
+
+#[test]
+fn telemetry_endpoint_must_be_an_http_base_url() {
+    let cases = [
+        (
+            "grpc://collector:4317",
+            "\"grpc://collector:4317\" has scheme \"grpc\"; expected http or https",
+        ),
+        (
+            "collector:4318",
+            "\"collector:4318\" is not an absolute URL (did you mean \"http://collector:4318\"?)",
+        ),
+        (
+            "http://collector:4318/?x=1",
+            "\"http://collector:4318/?x=1\" has a query; give the collector's base URL such as \"http://127.0.0.1:4318\" (spans are POSTed to <otlp_endpoint>/v1/traces)",
+        ),
+        (
+            "http://user:pw@collector:4318",
+            "\"http://user:pw@collector:4318\" has user info; credentials do not belong in the URL",
+        ),
+        ("http://collector:4318#f", "\"http://collector:4318#f\" has a fragment"),
+        ("", "invalid URL \"\": empty string"),
+    ];
+    for (url, message) in cases {
+        let text = with_head(&format!("[telemetry]\notlp_endpoint = \"{url}\"\n"));
+        assert_eq!(
+            error(&text),
+            format!("t.toml:6: telemetry.otlp_endpoint: {message}"),
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn sample_ratio_out_of_range_is_an_error() {
+    for (value, shown) in [("1.5", "1.5"), ("-0.1", "-0.1"), ("nan", "NaN"), ("2", "2")] {
+        let text = with_head(&format!("[telemetry]\nsample_ratio = {value}\n"));
+        assert_eq!(
+            error(&text),
+            format!("t.toml:6: telemetry.sample_ratio: must be between 0.0 and 1.0, found {shown}"),
+        );
+    }
+}
+
+#[test]
+fn telemetry_problems_are_all_reported_with_their_lines() {
+    let text = with_head(
+        "[telemetry]\notlp_endpoint = \"ftp://x\"\nservice_name = \"\"\nsample_ratio = 3.0\nsample_rate = 0.5\n",
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "t.toml:6: telemetry.otlp_endpoint: \"ftp://x\" has scheme \"ftp\"; expected http or https",
+            "t.toml:7: telemetry.service_name: must not be empty",
+            "t.toml:8: telemetry.sample_ratio: must be between 0.0 and 1.0, found 3",
+            "t.toml:9: telemetry.sample_rate: unknown key (did you mean \"sample_ratio\"?)",
+        ]
+    );
+}
+
+#[test]
+fn telemetry_type_errors_point_at_the_key() {
+    let text = with_head("[telemetry]\nsample_ratio = \"0.5\"\n");
+    let e = error(&text);
+    assert!(
+        e.starts_with("t.toml:6: telemetry.sample_ratio: invalid type: string \"0.5\""),
+        "{e}"
+    );
+    assert_eq!(
+        error(&format!("telemetry = 1\n{HEAD}")),
+        "t.toml:1: telemetry: invalid type: integer `1`, expected a table"
+    );
+    // Written after another table, the key is known to belong at the top.
+    assert!(error(&with_head("telemetry = 1\n")).contains("\"telemetry\" is a top-level key"));
+}
+
+#[test]
+fn an_endpoint_that_already_names_v1_traces_is_warned_about() {
+    let l = loaded(&with_head(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
+    ));
+    let warnings = lines(&l.warnings);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "t.toml:6: telemetry.otlp_endpoint: spans are POSTed to http://127.0.0.1:4318/v1/traces/v1/traces"
+        ),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_annotated_telemetry_block_loads_when_uncommented() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
+    let text = std::fs::read_to_string(&file).expect("config/tokengate.toml");
+    let keys = [
+        "[telemetry]",
+        "otlp_endpoint",
+        "service_name",
+        "sample_ratio",
+    ];
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => format!("{rest}\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let t = config(&uncommented)
+        .telemetry
+        .expect("the [telemetry] block");
+    assert_eq!(
+        t.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(t.service_name, "tokengate");
+    assert_eq!(t.sample_ratio, 1.0);
 }

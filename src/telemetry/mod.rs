@@ -5,6 +5,7 @@
 
 mod access;
 pub mod metrics;
+pub mod trace;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
