@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
@@ -41,8 +42,14 @@ pub async fn start(
         .main_addr()
         .ok_or("the main listener has no local address")?;
     let admin = listeners.admin_addr();
+    let tracing = gateway.tracing().clone();
     let gateway: SharedGateway = Arc::new(ArcSwap::from_pointee(gateway));
-    let task = tokio::spawn(server::run(listeners, gateway.clone(), shutdown));
+    let served = server::run(listeners, gateway.clone(), shutdown);
+    let task = tokio::spawn(async move {
+        served.await;
+        // Spans still queued go to the collector, for a bounded time.
+        tracing.shutdown(Duration::from_secs(5)).await;
+    });
     Ok(Running {
         addr,
         admin,

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use support::issuer::{JwksMode, MockIssuer};
 use tokengate::config::Issuer;
+use tokengate::telemetry::trace::CallKind;
 use tokengate::token::fetch::{self, FetchErrorKind, MAX_DOCUMENT_BYTES};
 use tokengate::token::jwks::{IssuerKeys, DISCOVERY_PATH};
 
@@ -298,32 +299,32 @@ async fn fetch_errors_are_classified_and_bodies_capped() {
     let mock = MockIssuer::start().await;
     let client = fetch::issuer_client(&mock.settings()).expect("client");
     let jwks = format!("{}/jwks", mock.url());
-    let doc = fetch::get_json(&client, &jwks, MAX_DOCUMENT_BYTES)
+    let doc = fetch::get_json(&client, &jwks, MAX_DOCUMENT_BYTES, CallKind::Jwks)
         .await
         .expect("jwks");
     assert_eq!(doc["keys"].as_array().map(Vec::len), Some(4));
     let kind = |r: Result<Value, fetch::FetchError>| r.expect_err("must fail").kind;
     assert_eq!(
-        kind(fetch::get_json(&client, &jwks, 100).await),
+        kind(fetch::get_json(&client, &jwks, 100, CallKind::Jwks).await),
         FetchErrorKind::TooLarge
     );
     mock.set_jwks_mode(JwksMode::Garbage);
     assert_eq!(
-        kind(fetch::get_json(&client, &jwks, 1000).await),
+        kind(fetch::get_json(&client, &jwks, 1000, CallKind::Jwks).await),
         FetchErrorKind::NotJson
     );
     mock.set_jwks_mode(JwksMode::Status(500));
     assert_eq!(
-        kind(fetch::get_json(&client, &jwks, 1000).await),
+        kind(fetch::get_json(&client, &jwks, 1000, CallKind::Jwks).await),
         FetchErrorKind::Status(500)
     );
     mock.set_jwks_mode(JwksMode::Hang(Duration::from_secs(3)));
     assert_eq!(
-        kind(fetch::get_json(&client, &jwks, 1000).await),
+        kind(fetch::get_json(&client, &jwks, 1000, CallKind::Jwks).await),
         FetchErrorKind::Timeout
     );
     let missing = format!("{}/nothing?secret=hunter2", mock.url());
-    let err = fetch::get_json(&client, &missing, 1000)
+    let err = fetch::get_json(&client, &missing, 1000, CallKind::Jwks)
         .await
         .expect_err("404");
     assert_eq!(err.kind, FetchErrorKind::Status(404));
@@ -334,7 +335,7 @@ async fn fetch_errors_are_classified_and_bodies_capped() {
     let closed_url = format!("http://{}/jwks", closed.local_addr().expect("addr"));
     drop(closed);
     assert_eq!(
-        kind(fetch::get_json(&client, &closed_url, 1000).await),
+        kind(fetch::get_json(&client, &closed_url, 1000, CallKind::Jwks).await),
         FetchErrorKind::Connect
     );
 }

@@ -9,8 +9,6 @@
 //! the token or a claim value (`sub`, `client_id`). A collector that accepts and never answers,
 //! or none at all, never delays recording: spans are dropped and counted
 //! (`tokengate_spans_dropped_total`).
-//!
-//! The end-to-end test through the proxy is `#[ignore]`d until the gateway is wired (see its doc).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 
 mod support;
@@ -236,7 +234,11 @@ fn values(attributes: &[KeyValue]) -> Vec<String> {
 }
 
 fn access_line(route: &str, auth: Option<AuthMethod>, reason: Option<Reason>) -> AccessLine {
-    let mut line = AccessLine::new(HeaderValue::from_static("req-1"), Method::GET);
+    let mut line = AccessLine::new(
+        HeaderValue::from_static("req-1"),
+        tokengate::telemetry::trace::TraceId::random().to_hex(),
+        Method::GET,
+    );
     line.path = Some("/orders/7".to_owned());
     line.route = Some(route.into());
     line.sub = Some(SUB.to_owned());
@@ -593,14 +595,8 @@ async fn an_absent_collector_only_drops_spans() {
 }
 
 /// End to end through the proxy: an incoming `traceparent` is continued, the upstream receives
-/// our span as parent, and the collector gets the server span.
-///
-/// TODO(lead): un-ignore once the gateway is wired (report: "Wiring recipe") — `Gateway` holds
-/// a `Tracing` built from `[telemetry]`, `handle` runs the phases in `trace::scope`, `finish`
-/// records the server span and the forwarder injects `traceparent`. Shutdown must call
-/// `Tracing::shutdown` (here the proxy's `stop`) so the span is posted before the assertions.
+/// our span as parent, and the collector gets the server span (the proxy's `stop` flushes it).
 #[tokio::test]
-#[ignore = "needs the gateway wiring of telemetry::trace (see the doc comment)"]
 async fn proxied_request_continues_the_trace_and_exports_its_span() {
     let collector = Collector::start().await;
     let echo = support::echo::Echo::start().await;
@@ -646,4 +642,68 @@ async fn proxied_request_continues_the_trace_and_exports_its_span() {
     assert_eq!(hex(&server.parent_span_id), PARENT);
     assert_eq!(hex(&server.span_id), parts[2]);
     assert_eq!(text_attr(&server, "http.route"), Some("open"));
+}
+
+/// The request's calls are its children: the userinfo call (an issuer call) and the upstream
+/// call are exported as CLIENT spans whose parent is the request's SERVER span, in the incoming
+/// trace.
+#[tokio::test]
+async fn a_request_s_userinfo_and_upstream_calls_are_child_spans_of_its_server_span() {
+    let collector = Collector::start().await;
+    let echo = support::echo::Echo::start().await;
+    let issuer = support::issuer::MockIssuer::start().await;
+    let toml = support::config(
+        echo.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\notlp_endpoint = \"{}\"\n\n{}\n\
+             [[route]]\nid = \"profile\"\npath = \"/profile\"\nuserinfo = true\n",
+            collector.base_url(),
+            issuer.config_toml("corp", &["api"])
+        ),
+    );
+    let proxy = support::Proxy::start(&toml).await;
+    support::wait_ready(&proxy).await;
+    let token = issuer.token("RS256", serde_json::json!({"aud": "api", "sub": "alice"}));
+    let answer = support::get(
+        &proxy.url("/profile"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    proxy.stop().await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans = collector.spans();
+        let kinds = |k: SpanKind| spans.iter().filter(|s| s.kind == k as i32).count();
+        if kinds(SpanKind::Server) >= 1 && kinds(SpanKind::Client) >= 2 {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans missing: {}", spans.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(hex(&server.trace_id), TRACE);
+    assert_eq!(hex(&server.parent_span_id), PARENT);
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32 && s.parent_span_id == server.span_id)
+        .collect();
+    assert_eq!(children.len(), 2, "{children:?}");
+    for child in &children {
+        assert_eq!(hex(&child.trace_id), TRACE);
+        for attr in &child.attributes {
+            let text = format!("{:?}", attr.value);
+            assert!(
+                !text.contains(&token[..16]) && !text.contains("alice"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::telemetry::trace::{self, Tracing};
 use crate::telemetry::Metrics;
 use crate::token::jwks::IssuerKeys;
 
@@ -32,6 +33,7 @@ impl Issuers {
         config: &Config,
         previous: Option<&Issuers>,
         metrics: &Metrics,
+        tracing: &Tracing,
     ) -> Result<Issuers, String> {
         let (stop, stop_rx) = watch::channel(false);
         let mut keys = Vec::with_capacity(config.issuers.len());
@@ -45,7 +47,11 @@ impl Issuers {
             state.attach_metrics(metrics.issuer(&issuer.id));
             // A carried-over state gets a refresher tied to this generation; the previous
             // generation's stops when that generation is dropped.
-            tokio::spawn(state.clone().run(stop_rx.clone()));
+            // Background loads carry a `traceparent` too, as root spans of their own.
+            tokio::spawn(trace::background(
+                tracing,
+                state.clone().run(stop_rx.clone()),
+            ));
             keys.push(state);
         }
         let introspecting = keys

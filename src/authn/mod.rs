@@ -33,6 +33,7 @@ use crate::config::{AuthMode, Config};
 use crate::reason::{AuthMethod, Reason};
 use crate::rejection::Rejection;
 use crate::route::Routed;
+use crate::telemetry::trace::Tracing;
 use crate::telemetry::Metrics;
 use crate::token::claims::{date_claim, Round};
 use crate::token::dpop::DpopChecker;
@@ -79,8 +80,9 @@ impl Authenticator {
         config: &Arc<Config>,
         previous: Option<&Authenticator>,
         metrics: &Arc<Metrics>,
+        tracing: &Tracing,
     ) -> Result<Self, String> {
-        let issuers = Issuers::start(config, previous.map(|p| &p.issuers), metrics)?;
+        let issuers = Issuers::start(config, previous.map(|p| &p.issuers), metrics, tracing)?;
         let dpop = match previous {
             Some(p) => Arc::new(p.senders.dpop().reconfigured(&config.dpop)),
             None => Arc::new(

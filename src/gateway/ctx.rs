@@ -11,10 +11,13 @@ use tracing::Span;
 
 use crate::authn::{ClaimsSource, Principal};
 use crate::scrub;
+use crate::telemetry::trace::{TraceContext, Tracing};
 use crate::telemetry::AccessLine;
 
 pub struct RequestCtx {
     pub line: AccessLine,
+    /// The request's span in the W3C trace: continued from `traceparent`, or a new trace.
+    pub trace: TraceContext,
     pub start: Instant,
     pub span: Span,
     /// The matched route's index in the configuration (its metrics), once routed.
@@ -25,14 +28,16 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// At the very start of a request: its id (the client's when acceptable, else a new one).
-    pub fn new(headers: &http::HeaderMap, method: &Method) -> Self {
+    pub fn new(headers: &http::HeaderMap, method: &Method, tracing: &Tracing) -> Self {
         let request_id = scrub::request_id(headers);
+        let trace = tracing.incoming(headers);
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or_default()
         );
         RequestCtx {
-            line: AccessLine::new(request_id, method.clone()),
+            line: AccessLine::new(request_id, trace.trace_id_hex(), method.clone()),
+            trace,
             start: Instant::now(),
             span,
             route: None,

@@ -12,7 +12,7 @@
 mod ctx;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -32,6 +32,9 @@ use crate::reason::AuthMethod;
 use crate::rejection::Rejection;
 use crate::route::{self, Routed};
 use crate::scrub::X_REQUEST_ID;
+use crate::telemetry::trace::{
+    self, CallKind, CallOutcome, ClientSpan, ServerSpan, TraceContext, Tracing,
+};
 use crate::telemetry::{self, Metrics, MetricsOptions, RouteMetrics};
 use crate::token::dpop::DPOP_NONCE;
 use crate::userinfo::Userinfo;
@@ -55,24 +58,35 @@ pub struct Gateway {
     /// One handle per route, in configuration order; `no_route` for the rest.
     route_metrics: Vec<Arc<RouteMetrics>>,
     no_route: Arc<RouteMetrics>,
+    /// Process-wide too: trace propagation, and span export with `[telemetry]`.
+    tracing: Tracing,
 }
 
 impl Gateway {
     /// Builds one configuration generation. `previous` (on reload) lends its issuers' key state
     /// for issuers whose settings did not change, and its DPoP replay state.
     pub fn new(config: Arc<Config>, previous: Option<&Gateway>) -> Result<Self, String> {
-        let metrics = match previous {
-            Some(p) => p.metrics.clone(),
-            None => Metrics::new(MetricsOptions::default()),
+        // Read at start only: the registry, the exporter thread and its queue outlive reloads.
+        let (metrics, tracing) = match previous {
+            Some(p) => (p.metrics.clone(), p.tracing.clone()),
+            None => {
+                let metrics = Metrics::new(MetricsOptions {
+                    spans_dropped: config.telemetry.is_some(),
+                    ..MetricsOptions::default()
+                });
+                let tracing = Tracing::start(config.telemetry.as_ref(), Some(metrics.clone()))?;
+                (metrics, tracing)
+            }
         };
         let identity = Identity::new(&config)?;
-        let authn = Authenticator::new(&config, previous.map(|p| &p.authn), &metrics)?;
+        let authn = Authenticator::new(&config, previous.map(|p| &p.authn), &metrics, &tracing)?;
         let userinfo = Userinfo::with_metrics(&config.userinfo, metrics.clone());
         tokio::spawn(userinfo.clone().run_purger(authn.issuers().stopped()));
         Ok(Gateway {
             route_metrics: config.routes.iter().map(|r| metrics.route(&r.id)).collect(),
             no_route: metrics.no_route(),
             metrics,
+            tracing,
             upstream: UpstreamClient::new(
                 &config.upstream,
                 &config.routes,
@@ -92,10 +106,10 @@ impl Gateway {
         conn: Arc<ConnInfo>,
         framing: Framing,
     ) -> Response<ProxyBody> {
-        let mut ctx = RequestCtx::new(req.headers(), req.method());
-        let span = ctx.span.clone();
-        let result = self
-            .run(req, conn, framing, &mut ctx)
+        let mut ctx = RequestCtx::new(req.headers(), req.method(), &self.tracing);
+        let (span, trace) = (ctx.span.clone(), ctx.trace.clone());
+        let run = self.run(req, conn, framing, &mut ctx);
+        let result = trace::scope(&self.tracing, &trace, run)
             .instrument(span)
             .await;
         self.finish(result, ctx)
@@ -132,11 +146,16 @@ impl Gateway {
         // 6: the route's policy.
         let authorized = policy::authorize(routed.route, principal)?;
         // 7: header hygiene and the identity the upstream receives.
-        let upstream = self.identity.mint(authorized, routed, ctx.request_id())?;
+        // The upstream's `traceparent` names the request's span (SPEC §8); the upstream call is
+        // recorded as a CLIENT child of it.
+        let upstream = self
+            .identity
+            .mint(authorized, routed, ctx.request_id(), &ctx.trace)?;
+        let call = ctx.trace.child();
         // 8: forward and stream back.
         let sent = Instant::now();
         let response = self.upstream.send(upstream).await;
-        self.route_metrics(ctx).upstream(sent.elapsed());
+        self.upstream_sent(ctx, &call, sent.elapsed(), &response);
         Ok(response?.map(Either::Left))
     }
 
@@ -159,6 +178,27 @@ impl Gateway {
         ctx.route = Some(index);
         ctx.line.route = Some(route.id.clone());
         Ok(Routed { inbound, route })
+    }
+
+    /// The upstream exchange, for the route's metrics and, when spans are exported, as the
+    /// request span's CLIENT child.
+    fn upstream_sent(
+        &self,
+        ctx: &RequestCtx,
+        call: &TraceContext,
+        elapsed: Duration,
+        response: &Result<Response<UpstreamBody>, Rejection>,
+    ) {
+        self.route_metrics(ctx).upstream(elapsed);
+        if self.tracing.exporting() {
+            let outcome = match response {
+                Ok(response) => CallOutcome::Status(response.status().as_u16()),
+                Err(rejection) => CallOutcome::Failed(rejection.reason().as_str()),
+            };
+            let span = ClientSpan::new(&ctx.line.method, outcome);
+            self.tracing
+                .client_span(call, CallKind::Upstream, elapsed, &span);
+        }
     }
 
     fn route_metrics(&self, ctx: &RequestCtx) -> &RouteMetrics {
@@ -196,15 +236,25 @@ impl Gateway {
             }
         }
         let elapsed = ctx.start.elapsed();
-        self.route_metrics(&ctx)
-            .request(response.status().as_u16(), elapsed);
-        telemetry::access(&ctx.line, response.status(), elapsed);
+        let status = response.status();
+        self.route_metrics(&ctx).request(status.as_u16(), elapsed);
+        self.tracing.server_span(
+            &ctx.trace,
+            elapsed,
+            &ServerSpan::from_access(&ctx.line, status),
+        );
+        telemetry::access(&ctx.line, status, elapsed);
         response
     }
 
     /// The process's metrics registry (`/metrics`, the accept loop, reloads).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The process's tracing (flushed at exit).
+    pub fn tracing(&self) -> &Tracing {
+        &self.tracing
     }
 
     /// The identity verification keys, for the admin listener's `/jwks.json`.

@@ -13,8 +13,9 @@
 //!     p: tokengate::authn::Principal,
 //!     r: tokengate::route::Routed<'_>,
 //!     request_id: &http::HeaderValue,
+//!     trace: &tokengate::telemetry::trace::TraceContext,
 //! ) {
-//!     let _ = id.mint(p, r, request_id);
+//!     let _ = id.mint(p, r, request_id, trace);
 //! }
 //! ```
 //!
@@ -25,8 +26,9 @@
 //!     a: tokengate::policy::Authorized,
 //!     r: tokengate::route::Routed<'_>,
 //!     request_id: &http::HeaderValue,
+//!     trace: &tokengate::telemetry::trace::TraceContext,
 //! ) {
-//!     let _ = id.mint(a, r, request_id);
+//!     let _ = id.mint(a, r, request_id, trace);
 //! }
 //! ```
 
@@ -48,6 +50,7 @@ use crate::policy::Authorized;
 use crate::rejection::Rejection;
 use crate::route::Routed;
 use crate::scrub::{self, ScrubRules, X_REQUEST_ID};
+use crate::telemetry::trace::TraceContext;
 use crate::token::claims::ClaimPath;
 
 /// The identity phase's state for one configuration generation.
@@ -116,6 +119,7 @@ impl Identity {
         authorized: Authorized,
         routed: Routed<'_>,
         request_id: &HeaderValue,
+        trace: &TraceContext,
     ) -> Result<UpstreamRequest, Rejection> {
         let Routed { inbound, route } = routed;
         let websocket = inbound.is_websocket_upgrade();
@@ -135,6 +139,9 @@ impl Identity {
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        // The upstream call is a child of the request's span (`traceparent`), with the
+        // client's `tracestate` passed on unchanged.
+        trace.inject(&mut parts.headers);
         let (target, protocol) = forward::target_of(route, &self.config.upstream);
         let target = target.clone();
         let forward_path = inbound.path.forward_path;

@@ -16,6 +16,7 @@ use tracing_appender::non_blocking::NonBlocking;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::reason::{AuthMethod, Reason};
+use crate::telemetry::trace::TraceIdHex;
 
 /// The target of the access lines (what `TOKENGATE_LOG` filters on).
 pub const ACCESS_TARGET: &str = "tokengate::access";
@@ -24,6 +25,8 @@ pub const ACCESS_TARGET: &str = "tokengate::access";
 #[derive(Debug)]
 pub struct AccessLine {
     pub request_id: HeaderValue,
+    /// The request's W3C trace id (continued from `traceparent`, or new).
+    pub trace_id: TraceIdHex,
     pub method: Method,
     /// The normalized path, once known.
     pub path: Option<String>,
@@ -37,9 +40,10 @@ pub struct AccessLine {
 }
 
 impl AccessLine {
-    pub fn new(request_id: HeaderValue, method: Method) -> Self {
+    pub fn new(request_id: HeaderValue, trace_id: TraceIdHex, method: Method) -> Self {
         AccessLine {
             request_id,
+            trace_id,
             method,
             path: None,
             route: None,
@@ -70,6 +74,7 @@ pub fn access(line: &AccessLine, status: StatusCode, latency: Duration) {
         tracing::info!(
             target: ACCESS_TARGET,
             request_id = line.request_id.to_str().unwrap_or(""),
+            trace_id = line.trace_id.as_str(),
             method = line.method.as_str(),
             path = line.path.as_deref().unwrap_or("-"),
             route = line.route.as_deref().unwrap_or("-"),
@@ -156,6 +161,7 @@ fn format_line(
 ) {
     let strings = [
         ("request_id", Some(line.request_id.to_str().unwrap_or(""))),
+        ("trace_id", Some(line.trace_id.as_str())),
         ("method", Some(line.method.as_str())),
         ("path", Some(line.path.as_deref().unwrap_or("-"))),
         ("route", Some(line.route.as_deref().unwrap_or("-"))),
@@ -280,8 +286,15 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::*;
 
+    const TRACE: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
     fn sample() -> AccessLine {
-        let mut line = AccessLine::new(HeaderValue::from_static("abc-1"), Method::GET);
+        let trace = crate::telemetry::trace::parse_traceparent(TRACE).unwrap();
+        let mut line = AccessLine::new(
+            HeaderValue::from_static("abc-1"),
+            trace.trace_id.to_hex(),
+            Method::GET,
+        );
         line.path = Some("/orders/7".into());
         line.route = Some("orders".into());
         line.sub = Some("alice\n2026-01-01T00:00:00.000000Z  INFO forged".into());
@@ -323,7 +336,7 @@ mod tests {
         assert_eq!(
             text,
             "1970-01-01T00:00:00.000000Z  INFO tokengate::access: request request_id=\"abc-1\" \
-             method=\"GET\" path=\"/orders/7\" route=\"orders\" status=200 latency_ms=1.826 \
+             trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\" method=\"GET\" path=\"/orders/7\" route=\"orders\" status=200 latency_ms=1.826 \
              sub=\"alice\\n2026-01-01T00:00:00.000000Z  INFO forged\" auth=\"jwt\"\n"
         );
     }
@@ -346,6 +359,7 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["target"], ACCESS_TARGET);
         assert_eq!(v["request_id"], "abc-1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["status"], 403);
         assert_eq!(v["latency_ms"], 2.001);
         assert_eq!(v["sub"], "alice\n2026-01-01T00:00:00.000000Z  INFO forged");

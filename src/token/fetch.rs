@@ -23,6 +23,7 @@ use bytes::Bytes;
 use reqwest::{header, redirect, Client, StatusCode, Url};
 
 use crate::config::Issuer;
+use crate::telemetry::trace::{Call, CallKind, CallOutcome, ClientSpan};
 
 /// `User-Agent` of every call to an issuer.
 pub const USER_AGENT: &str = concat!("tokengate/", env!("CARGO_PKG_VERSION"));
@@ -202,9 +203,10 @@ pub async fn execute(
     client: &Client,
     request: reqwest::Request,
     max_bytes: usize,
+    kind: CallKind,
 ) -> Result<Answer, FetchError> {
     let url = request.url().as_str().to_owned();
-    let response = send(client, request).await?;
+    let response = send(client, request, kind).await?;
     let status = response.status();
     let content_type = response
         .headers()
@@ -221,13 +223,18 @@ pub async fn execute(
 
 /// GET `url` (`Accept: application/json`); a status other than 2xx is an error (and its body
 /// is not read).
-pub async fn get_bytes(client: &Client, url: &str, max_bytes: usize) -> Result<Bytes, FetchError> {
+pub async fn get_bytes(
+    client: &Client,
+    url: &str,
+    max_bytes: usize,
+    kind: CallKind,
+) -> Result<Bytes, FetchError> {
     let request = client
         .get(url)
         .header(header::ACCEPT, "application/json")
         .build()
         .map_err(|e| FetchError::from_reqwest(url, e))?;
-    let response = send(client, request).await?;
+    let response = send(client, request, kind).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::new(
@@ -239,12 +246,35 @@ pub async fn get_bytes(client: &Client, url: &str, max_bytes: usize) -> Result<B
     read_capped(response, url, max_bytes).await
 }
 
-async fn send(client: &Client, request: reqwest::Request) -> Result<reqwest::Response, FetchError> {
+/// Sends one call to an issuer, as a child span of the request that caused it (SPEC §8): the
+/// call carries a `traceparent`, and its span is recorded when spans are exported.
+async fn send(
+    client: &Client,
+    mut request: reqwest::Request,
+    kind: CallKind,
+) -> Result<reqwest::Response, FetchError> {
     let url = request.url().as_str().to_owned();
-    client
+    let (method, host, port) = (
+        request.method().clone(),
+        request.url().host_str().map(str::to_owned),
+        request.url().port_or_known_default(),
+    );
+    let call = Call::start(kind);
+    call.inject(request.headers_mut());
+    let sent = client
         .execute(request)
         .await
-        .map_err(|e| FetchError::from_reqwest(&url, e))
+        .map_err(|e| FetchError::from_reqwest(&url, e));
+    let outcome = match &sent {
+        Ok(response) => CallOutcome::Status(response.status().as_u16()),
+        Err(e) => CallOutcome::Failed(match e.kind {
+            FetchErrorKind::Timeout => "timeout",
+            FetchErrorKind::Connect => "connect",
+            _ => "request",
+        }),
+    };
+    call.finish(&ClientSpan::new(&method, outcome).server(host.as_deref(), port));
+    sent
 }
 
 /// The body, refused as soon as it is known to exceed `max_bytes`: from `Content-Length` before
@@ -281,8 +311,9 @@ pub async fn get_json(
     client: &Client,
     url: &str,
     max_bytes: usize,
+    kind: CallKind,
 ) -> Result<serde_json::Value, FetchError> {
-    let body = get_bytes(client, url, max_bytes).await?;
+    let body = get_bytes(client, url, max_bytes, kind).await?;
     // serde_json's syntax errors name a line and column, never the input.
     serde_json::from_slice(&body)
         .map_err(|e| FetchError::new(FetchErrorKind::NotJson, url, e.to_string()))

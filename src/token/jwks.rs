@@ -39,6 +39,7 @@ use tracing::Instrument as _;
 
 use crate::config::Issuer;
 use crate::telemetry::metrics::IssuerMetrics;
+use crate::telemetry::trace::{self, CallKind};
 use crate::token::fetch::{self, FetchError, MAX_DOCUMENT_BYTES};
 use crate::token::keys::KeySet;
 
@@ -214,10 +215,10 @@ impl IssuerKeys {
         // Its own task: dropping this request's future must not cancel the refresh. It logs in
         // the request's span (its request id).
         let task = tokio::spawn(
-            async move {
+            trace::in_current_scope(async move {
                 let _claim = claim;
                 me.refresh(false).await
-            }
+            })
             .in_current_span(),
         );
         task.await.ok()?.ok().flatten()
@@ -306,7 +307,7 @@ impl IssuerKeys {
     async fn load(&self, with_discovery: bool) -> Result<Option<Arc<KeySet>>, LoadError> {
         if self.wants_discovery && (with_discovery || !self.discovered.load(Ordering::Acquire)) {
             let url = discovery_url(&self.issuer.issuer);
-            let doc = fetch::get_json(&self.client, &url, MAX_DOCUMENT_BYTES)
+            let doc = fetch::get_json(&self.client, &url, MAX_DOCUMENT_BYTES, CallKind::Discovery)
                 .await
                 .map_err(|e| LoadError::Fetch("discovery", e))?;
             let found = endpoints_from_discovery(&self.issuer, &doc, self.wants_jwks)?;
@@ -320,7 +321,7 @@ impl IssuerKeys {
         let Some(uri) = endpoints.jwks_uri.as_deref() else {
             return Err(LoadError::Discovery("no jwks_uri known".to_owned()));
         };
-        let body = fetch::get_bytes(&self.client, uri, MAX_DOCUMENT_BYTES)
+        let body = fetch::get_bytes(&self.client, uri, MAX_DOCUMENT_BYTES, CallKind::Jwks)
             .await
             .map_err(|e| LoadError::Fetch("JWKS", e))?;
         let fresh = KeySet::from_jwks(&body, &self.issuer.algorithms).map_err(LoadError::Keys)?;

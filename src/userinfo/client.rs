@@ -23,6 +23,7 @@ use std::time::Duration;
 use reqwest::header::ACCEPT;
 use serde_json::Value;
 
+use crate::telemetry::trace::CallKind;
 use crate::token::claims::{self, Claims};
 use crate::token::fetch::{self, FetchError};
 use crate::token::jwks::IssuerKeys;
@@ -126,7 +127,12 @@ pub(crate) async fn call(
         // reqwest's message could quote the header value; say nothing more.
         return Fetched::Failed(Failure::Internal("the userinfo request could not be built"));
     };
-    let sent = fetch::execute(issuer.client(), request, MAX_USERINFO_BYTES);
+    let sent = fetch::execute(
+        issuer.client(),
+        request,
+        MAX_USERINFO_BYTES,
+        CallKind::Userinfo,
+    );
     let answer = match tokio::time::timeout(timeout, sent).await {
         Err(_) => return Fetched::Failed(Failure::Timeout(timeout)),
         Ok(Err(e)) => return Fetched::Failed(Failure::Fetch(e)),

@@ -59,6 +59,7 @@ use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
 use crate::rejection::Rejection;
 use crate::telemetry::metrics::{CacheResult, Metrics, UserinfoOutcome};
+use crate::telemetry::trace;
 use crate::token::claims::{self, Claims};
 use crate::token::jwks::IssuerKeys;
 
@@ -387,10 +388,10 @@ impl Userinfo {
                 // Its own task: the leader's client hanging up must not fail the waiters. It
                 // logs in the leader's request span.
                 tokio::spawn(
-                    async move {
+                    trace::in_current_scope(async move {
                         let fetched = me.call(call).await;
                         flight.publish(fetched);
-                    }
+                    })
                     .in_current_span(),
                 );
             }

@@ -21,6 +21,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::answer::{self, Answer, Shape};
 use crate::config::{ClientAuthMethod, Introspection};
+use crate::telemetry::trace::CallKind;
 use crate::token::fetch::{self, FetchError};
 use crate::token::jwks::IssuerKeys;
 
@@ -104,7 +105,12 @@ pub(crate) async fn call(
             "the introspection request could not be built",
         ));
     };
-    let sent = fetch::execute(issuer.client(), request, MAX_INTROSPECTION_BYTES);
+    let sent = fetch::execute(
+        issuer.client(),
+        request,
+        MAX_INTROSPECTION_BYTES,
+        CallKind::Introspection,
+    );
     let answer = match tokio::time::timeout(timeout, sent).await {
         Err(_) => return Err(Failure::Timeout(timeout)),
         Ok(Err(e)) => return Err(Failure::Fetch(e)),

@@ -67,6 +67,7 @@ use tracing::Instrument as _;
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
 use crate::telemetry::metrics::{CacheResult, IntrospectionOutcome, Metrics};
+use crate::telemetry::trace;
 use crate::token::claims::Claims;
 use crate::token::fetch;
 use crate::token::jwks::IssuerKeys;
@@ -380,10 +381,10 @@ impl Introspector {
                 // Its own task: the leader's client hanging up must not fail the waiters. It
                 // logs in the leader's request span.
                 tokio::spawn(
-                    async move {
+                    trace::in_current_scope(async move {
                         let fetched = me.call(call).await;
                         leader.publish(fetched);
-                    }
+                    })
                     .in_current_span(),
                 );
                 waiter
