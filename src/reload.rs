@@ -77,6 +77,7 @@ fn warn_about_start_only_settings(old: &Config, new: &Config) {
             "server.max_connections",
             old.server.max_connections != new.server.max_connections,
         ),
+        ("telemetry", old.telemetry != new.telemetry),
         (
             "server.shutdown_grace",
             old.server.shutdown_grace != new.server.shutdown_grace,
