@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of tokengate against no proxy and a bare hyper forwarder (issue 8).
+# Side-by-side benchmark of tokengate against no proxy and a bare hyper forwarder (issue 8), plus
+# a gRPC unary row (h2load) through tokengate against the same gRPC service direct.
 #
 #   bench/run.sh            # full run: 3 interleaved rounds, 10 s per row at c=64, 5 s at c=1
 #   bench/run.sh --quick    # smoke test: 1 round, 1 s per row, c=8, few tokens (numbers meaningless)
 #   bench/run.sh --help     # every option
 #
-# Builds in release mode, installs wrk (and taskset, curl) when missing, starts every process on
+# Builds in release mode, installs wrk and h2load (and taskset, curl) when missing, starts every process on
 # 127.0.0.1 with free ports, runs the rows interleaved, measures memory, runs the crypto
 # micro-benchmark, prints Markdown tables, and stops every process it started. See bench/README.md.
 set -euo pipefail
@@ -84,6 +85,11 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# h2load (the gRPC rows) is optional: without it and without root, those rows are n/a.
+H2LOAD_MISSING=
+if ! command -v h2load >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then need+=(nghttp2-client); else H2LOAD_MISSING="h2load not installed (apt-get install nghttp2-client)"; fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
   say "installing: ${need[*]}"
@@ -101,7 +107,7 @@ if [ "$BUILD" = 1 ]; then
     out=$(cd "$ROOT" && cargo bench --locked --bench crypto --no-run 2>&1) || { say "$out"; die "cargo bench --no-run failed"; }
   fi
 fi
-for b in tokengate bare-forwarder bench-issuer; do
+for b in tokengate bare-forwarder bench-issuer grpc-echo; do
   [ -x "$BIN/$b" ] || die "$BIN/$b not found (build with: cargo build --release --workspace --bins)"
 done
 
@@ -180,8 +186,9 @@ mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f MiB", kb / 1024 }'; }
 
 # ------------------------------------------------------------------------------------------------
 # Ports, keys, tokens
-mapfile -t PORTS < <("$BIN/bench-issuer" ports 20)
+mapfile -t PORTS < <("$BIN/bench-issuer" ports 23)
 P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}; P_BARE_POOL=${PORTS[19]}
+P_GRPC=${PORTS[20]}; P_TG_GRPC=${PORTS[21]}; P_TG_GRPC_ADMIN=${PORTS[22]}
 ISSUER_URL="http://127.0.0.1:$P_ISS"
 UPSTREAM_URL="http://127.0.0.1:$P_UP"
 
@@ -322,6 +329,74 @@ wait_http "${URL[2]}" || die "the bare forwarder did not start: $(tail -n 3 "$WO
 wait_http "${URL[9]}" || die "the bare forwarder (tokengate pool) did not start: $(tail -n 3 "$WORK/barepool.log")"
 INSTANCE[1]=upstream; INSTANCE[2]=bare; INSTANCE[9]=barepool
 
+# ------------------------------------------------------------------------------------------------
+# gRPC rows (h2load): the same unary gRPC service direct (g1) and through tokengate (g2)
+declare -A GDESC GURL GSTATE GNOTE
+GDESC[g1]="gRPC unary direct to the service (no proxy)"
+GDESC[g2]="gRPC unary through tokengate: HTTP/2 upstream, required route, RS256 token reused, ES256 assertion, 3 claim headers"
+GROWS=(g1 g2)
+GRPC_METHOD=/bench.Echo/Unary
+GURL[g1]="http://127.0.0.1:$P_GRPC$GRPC_METHOD"
+GURL[g2]="http://127.0.0.1:$P_TG_GRPC$GRPC_METHOD"
+for g in "${GROWS[@]}"; do GSTATE[$g]=ok; GNOTE[$g]=; done
+grpc_config() {  # the configuration of the gRPC row's tokengate: as row 4, to an HTTP/2 upstream
+  cat <<EOF
+# bench/run.sh gRPC row g2: ${GDESC[g2]}
+[server]
+listen = "127.0.0.1:$P_TG_GRPC"
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$P_TG_GRPC_ADMIN"
+
+[upstream]
+url = "http://127.0.0.1:$P_GRPC"
+protocol = "h2"
+
+[[issuer]]
+id = "bench"
+issuer = "$ISSUER_URL"
+audiences = ["bench"]
+algorithms = ["RS256"]
+
+[identity]
+issuer = "tokengate-bench"
+signing_key = "identity.pem"
+claims = ["sub", "email", "name", "groups", "scope", "client_id"]
+
+[identity.headers]
+X-Auth-Subject = "sub"
+X-Auth-Email = "email"
+X-Auth-Name = "name"
+
+[[route]]
+id = "grpc"
+path_prefix = "/bench.Echo"
+auth = "required"
+scopes = ["orders:read"]
+EOF
+}
+"$BIN/grpc-echo" request-file "$WORK/grpc-req.bin" || die "grpc-echo request-file failed"
+start grpcecho "$BIN/grpc-echo" serve "127.0.0.1:$P_GRPC"
+grpc_up=0
+for _ in $(seq 300); do
+  "$BIN/grpc-echo" probe "http://127.0.0.1:$P_GRPC" >/dev/null 2>&1 && { grpc_up=1; break; }
+  sleep 0.1
+done
+[ "$grpc_up" = 1 ] || die "the gRPC service did not start: $(tail -n 3 "$WORK/grpcecho.log")"
+if [ -n "$H2LOAD_MISSING" ]; then
+  for g in "${GROWS[@]}"; do GSTATE[$g]=na; GNOTE[$g]="$H2LOAD_MISSING"; done
+elif [ -n "$IDENTITY_MISSING" ] && [ "$PARTIAL" != 1 ]; then
+  GSTATE[g2]=na; GNOTE[g2]="feature missing: $IDENTITY_MISSING"
+else
+  grpc_config >"$WORK/grpc.toml"
+  if ! "$BIN/tokengate" check --config "$WORK/grpc.toml" >/dev/null 2>"$WORK/checkgrpc.err"; then
+    GSTATE[g2]=na; GNOTE[g2]="feature missing: config rejected: $( { grep -v 'problem(s) found' "$WORK/checkgrpc.err" || true; } | head -n 1 | sed "s|$WORK/||")"
+  else
+    start tggrpc "$BIN/tokengate" serve --config "$WORK/grpc.toml"
+  fi
+fi
+
 say "starting tokengate instances ..."
 declare -A ADMIN_PORT
 next_port=3
@@ -352,10 +427,19 @@ for i in 3 4 5 6 7 8; do
   fi
 done
 
+if [ "${GSTATE[g2]}" = ok ] && ! wait_http "http://127.0.0.1:$P_TG_GRPC_ADMIN/readyz" 30; then
+  GSTATE[g2]=fail; GNOTE[g2]="not ready after 30 s: $(tail -n 2 "$WORK/tggrpc.log" | tr '\n' ' ')"
+fi
+
 declare -A RSS_IDLE
 for i in "${ROWS[@]}"; do
   pidvar=PID_${INSTANCE[$i]}
   [ -n "${!pidvar:-}" ] && RSS_IDLE[$i]=$(rss_kb "${!pidvar}" VmRSS)
+done
+INSTANCE[g1]=grpcecho; INSTANCE[g2]=tggrpc
+for g in "${GROWS[@]}"; do
+  pidvar=PID_${INSTANCE[$g]}
+  [ -n "${!pidvar:-}" ] && RSS_IDLE[$g]=$(rss_kb "${!pidvar}" VmRSS)
 done
 PID_OF() { local v=PID_${INSTANCE[$1]}; echo "${!v:-}"; }
 
@@ -402,6 +486,21 @@ for i in "${ROWS[@]}"; do
   fi
 done
 
+# gRPC probes: h2load checks only the HTTP status, and a gRPC error is an HTTP 200, so one real
+# gRPC call per row must answer grpc-status 0 (and the proxied one must carry the identity).
+grpc_probe() {  # grpc_probe ROW -> the probe's output line; non-zero unless grpc-status 0
+  local token=()
+  [ "$1" = g2 ] && token=("$ONE_TOKEN")
+  "$BIN/grpc-echo" probe "${GURL[$1]%"$GRPC_METHOD"}" "${token[@]}"
+}
+for g in "${GROWS[@]}"; do
+  [ "${GSTATE[$g]}" = ok ] || continue
+  if ! out=$(grpc_probe "$g" 2>&1); then GSTATE[$g]=fail; GNOTE[$g]="probe failed: $out"; continue; fi
+  if [ "$g" = g2 ] && [ "$out" != "grpc-status 0 sub=user-0 assertion=yes" ]; then
+    GSTATE[$g]=fail; GNOTE[$g]="probe: the service did not see the identity ($out)"
+  fi
+done
+
 # ------------------------------------------------------------------------------------------------
 # Load runs
 RESULTS=$WORK/results.tsv
@@ -438,9 +537,42 @@ run_wrk() {  # run_wrk ROW CONNS SECS ROUND LABEL
   for f in "$WORK"/tg*.log; do [ -e "$f" ] && : >"$f"; done
 }
 
+run_h2load() {  # run_h2load ROW CONNS SECS ROUND LABEL: one stream per connection, like wrk's rows
+  local row=$1 c=$2 secs=$3 round=$4 label=$5 auth=() out
+  [ "$row" = g2 ] && auth=(-H "authorization: Bearer $ONE_TOKEN")
+  : >"$WORK/h2load.log"
+  "${LOAD_PIN[@]}" h2load -t1 -c"$c" -m1 -D"$secs" -d "$WORK/grpc-req.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' "${auth[@]}" \
+    --log-file="$WORK/h2load.log" "${GURL[$row]}" >"$WORK/h2load.out" 2>&1 &
+  local hpid=$!
+  PIDS+=("$hpid")
+  wait "$hpid" || true
+  forget "$hpid"
+  out=$(cat "$WORK/h2load.out")
+  local rps requests non2xx errors p50 p99
+  rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  requests=$(sed -n 's/^requests: \([0-9]*\) total.*/\1/p' <<<"$out")
+  errors=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored, \([0-9]*\) timeout.*/\1 \2 \3/p' <<<"$out" | awk '{ print $1 + $2 + $3 }')
+  non2xx=$(sed -n 's/^status codes: [0-9]* 2xx, \([0-9]*\) 3xx, \([0-9]*\) 4xx, \([0-9]*\) 5xx.*/\1 \2 \3/p' <<<"$out" | awk '{ print $1 + $2 + $3 }')
+  if [ -z "$rps" ] || [ -z "$requests" ]; then
+    say "row $row: h2load failed: $(tail -n 3 <<<"$out")"
+    rps=0; requests=0; non2xx=0; errors=1
+  fi
+  # p50/p99 from the per-request log (third column: µs until the end of the response).
+  read -r p50 p99 < <(cut -f3 "$WORK/h2load.log" | sort -n | awk '{ a[NR] = $1 }
+    END { if (NR == 0) print "0 0"; else { i50 = int(NR * 0.50); i99 = int(NR * 0.99); if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1; print a[i50], a[i99] } }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$row" "$label" "$rps" "$p50" "$p99" \
+    "$requests" "${non2xx:-0}" "${errors:-0}" 0 >>"$RESULTS"
+  for f in "$WORK"/tg*.log; do [ -e "$f" ] && : >"$f"; done
+}
+
 ACTIVE=()
 for i in "${ROWS[@]}"; do
   case "${STATE[$i]}" in ok|partial) ACTIVE+=("$i") ;; esac
+done
+GACTIVE=()
+for g in "${GROWS[@]}"; do
+  [ "${GSTATE[$g]}" = ok ] && GACTIVE+=("$g")
 done
 "${SERVER_PIN[@]}" true && "${LOAD_PIN[@]}" true || die "bad LOAD_CPUS/SERVER_CPUS"
 
@@ -450,12 +582,17 @@ say "$PIN_NOTE"
 if [ "$WARMUP" = 1 ]; then
   say "warm-up: 1 s per row ..."
   for i in "${ACTIVE[@]}"; do run_wrk "$i" "$CONNS" 1 0 warmup; done
+  for g in "${GACTIVE[@]}"; do run_h2load "$g" "$CONNS" 1 0 warmup; done
 fi
 for r in $(seq "$ROUNDS"); do
-  say "round $r/$ROUNDS: rows ${ACTIVE[*]}, ${DURATION}s at c=$CONNS then ${LAT_DURATION}s at c=1 each ..."
+  say "round $r/$ROUNDS: rows ${ACTIVE[*]} ${GACTIVE[*]}, ${DURATION}s at c=$CONNS then ${LAT_DURATION}s at c=1 each ..."
   for i in "${ACTIVE[@]}"; do
     run_wrk "$i" "$CONNS" "$DURATION" "$r" thr
     run_wrk "$i" 1 "$LAT_DURATION" "$r" lat
+  done
+  for g in "${GACTIVE[@]}"; do
+    run_h2load "$g" "$CONNS" "$DURATION" "$r" thr
+    run_h2load "$g" 1 "$LAT_DURATION" "$r" lat
   done
 done
 
@@ -473,6 +610,7 @@ ratios() {  # ratios ROW BASE LABEL: per-round rps(ROW)/rps(BASE)
 }
 us() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else if (v >= 10000) printf "%.1f ms", v / 1000; else printf "%d µs", v }'; }
 is_active() { [[ " ${ACTIVE[*]} " == *" $1 "* ]]; }
+is_gactive() { [[ " ${GACTIVE[*]} " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------------------------------------
 # Crypto micro-benchmark (criterion), pinned to the servers' CPU while everything is idle.
@@ -537,6 +675,38 @@ for i in "${ROWS[@]}"; do
 done
 
 echo
+echo "### gRPC unary (h2load)"
+echo
+echo "h2load 1 thread, HTTP/2 prior knowledge, one stream per connection (-m1, the same concurrency as the"
+echo "rows above), POST $GRPC_METHOD with a 11-byte gRPC frame, \`te: trailers\`; the rows are probed with a"
+echo "real gRPC client (grpc-status 0, and g2's service sees \`X-Auth-Subject\` and the assertion), since h2load"
+echo "only checks HTTP statuses. Latencies from h2load's per-request log."
+echo
+echo "| row | what | req/s c=$CONNS | ratio to g1 (min–max) | p99 c=$CONNS | p50 c=1 | p99 c=1 |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for g in "${GROWS[@]}"; do
+  name="${GDESC[$g]}"
+  if ! is_gactive "$g"; then
+    echo "| $g | $name | n/a (${GNOTE[$g]}) | | | | |"
+    [ "${GSTATE[$g]}" = fail ] && FAILED=1
+    continue
+  fi
+  rps=$(col "$g" thr 4 | median)
+  if is_gactive g1; then
+    rmed=$(ratios "$g" g1 thr | median); rmm=$(ratios "$g" g1 thr | minmax)
+    ratio=$(awk -v m="$rmed" -v mm="$rmm" 'BEGIN { if (m == "") print "–"; else printf "%.2f× (%s)", m, mm }')
+  else ratio="–"; fi
+  p99t=$(col "$g" thr 6 | median); p50=$(col "$g" lat 5 | median); p99=$(col "$g" lat 6 | median)
+  bad=$(( $(col "$g" thr 8 | sum) + $(col "$g" lat 8 | sum) ))
+  errs=$(( $(col "$g" thr 9 | sum) + $(col "$g" lat 9 | sum) ))
+  if [ "$bad" != 0 ] || [ "$errs" != 0 ]; then
+    name="$name **(!! $bad non-2xx, $errs failed requests)**"; FAILED=1
+  fi
+  printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$g" "$name" "${rps:-0}" "$ratio" \
+    "$(us "$p99t")" "$(us "$p50")" "$(us "$p99")"
+done
+
+echo
 echo "### Targets (issue 8)"
 echo
 target() {  # target NAME VALUE OP LIMIT UNIT
@@ -553,6 +723,13 @@ if is_active 7 && is_active 4; then v=$(ratios 7 4 thr | median); else v=; fi
 target "row 7 / row 4 req/s" "$([ -n "$v" ] && printf '%.2f' "$v")" ">=" 0.95 ""
 if is_active 4 && is_active 2; then v=$(awk -v a="$(col 4 lat 5 | median)" -v b="$P50_2" 'BEGIN { print a - b }'); else v=; fi
 target "row 4 p50 − row 2 p50 at c=1" "$v" "<=" 100 " µs"
+# gRPC: tokengate's share of a gRPC call may not be worse than its share of an HTTP/1.1 call.
+if is_active 4 && is_active 1; then r41=$(ratios 4 1 thr | median); else r41=; fi
+if is_gactive g2 && is_gactive g1; then v=$(ratios g2 g1 thr | median); else v=; fi
+[ -n "$v" ] && v=$(printf '%.2f' "$v"); [ -n "$r41" ] && r41=$(printf '%.2f' "$r41")
+verdict=n/a
+[ -n "$v" ] && [ -n "$r41" ] && verdict=$(awk -v v="$v" -v l="$r41" 'BEGIN { print (v >= l) ? "PASS" : "FAIL" }')
+echo "- gRPC g2 / g1 req/s (proxied ÷ direct gRPC): ${v:-n/a} (target >= row 4 / row 1 of this run = ${r41:-n/a}) — $verdict"
 
 ADDED=
 if is_active 5 && is_active 2; then
@@ -602,6 +779,11 @@ if [ "$MEMORY" = 1 ]; then
     pid=$(PID_OF "$i")
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
     echo "| row $i: ${INSTANCE[$i]} | $(mib "${RSS_IDLE[$i]:-0}") | $(mib "$(rss_kb "$pid" VmRSS)") | $(mib "$(rss_kb "$pid" VmHWM)") |"
+  done
+  for g in "${GROWS[@]}"; do
+    pid=$(PID_OF "$g")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
+    echo "| gRPC $g: ${INSTANCE[$g]} | $(mib "${RSS_IDLE[$g]:-0}") | $(mib "$(rss_kb "$pid" VmRSS)") | $(mib "$(rss_kb "$pid" VmHWM)") |"
   done
   if is_active 5; then
     echo

@@ -281,11 +281,14 @@ pub fn address_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Scrubs an upstream response's headers in place: its hop-by-hop headers are not ours to pass on
-/// (a `101 Switching Protocols` keeps `Upgrade` and `Connection`).
+/// (a `101 Switching Protocols` keeps `Upgrade` and `Connection`). `Trailer` stays: it announces
+/// this response's own trailer fields (end to end, RFC 9110 §6.6.2), and hyper's HTTP/1.1 server
+/// sends a client that asked for trailers (`TE: trailers`) only the fields `Trailer` names.
 pub fn response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
     let mut doomed = connection_named(headers);
     for name in headers.keys() {
         if is_hop_by_hop(name)
+            && name != header::TRAILER
             && !(switching_protocols && (name == header::UPGRADE || name == header::CONNECTION))
         {
             doomed.push(name.clone());

@@ -6,6 +6,7 @@
 pub mod dpop;
 pub mod echo;
 pub mod gate;
+pub mod grpc;
 pub mod h2_upstream;
 pub mod h2c_upstream;
 pub mod h2raw;
