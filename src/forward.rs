@@ -126,7 +126,14 @@ impl UpstreamClient {
             trailer_rules,
         } = req.into_outgoing();
         let (parts, body) = request.into_parts();
-        let body = match RequestBody::started(body, self.body_start, Some(trailer_rules)).await {
+        // An HTTP/1.1 upstream connection is the request's alone until it ends: it is taken
+        // only once the body has started. An HTTP/2 stream costs one of many multiplexed slots,
+        // and a gRPC stream whose server speaks first must not wait for the client.
+        let wait = match protocol {
+            UpstreamProtocol::Http1 => Some(self.body_start),
+            UpstreamProtocol::Http2 => None,
+        };
+        let body = match RequestBody::started(body, wait, Some(trailer_rules)).await {
             Ok(body) => body,
             Err(NotStarted::TimedOut) => return Err(Rejection::RequestTimeout),
             Err(NotStarted::Failed(error)) => {
@@ -314,7 +321,7 @@ impl BarePool {
     /// Sends an origin-form request and waits for response headers.
     pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
         let (parts, body) = req.into_parts();
-        let body = RequestBody::started(body, Duration::MAX, None).await.ok()?;
+        let body = RequestBody::started(body, None, None).await.ok()?;
         let response = self.0.send(Request::from_parts(parts, body)).await.ok()?;
         Some(response.map(UpstreamBody::Http1))
     }

@@ -1,12 +1,15 @@
 //! The client's request body on its way upstream: streamed as it arrives, but only once it has
 //! started, and with its own failures told apart from the upstream's.
 //!
-//! Why wait for the start: an upstream connection is a bounded resource
-//! (`[upstream].max_connections`). A client that sends a request head and then no body would
-//! otherwise hold one for the whole `[upstream].timeout`, and a handful of such streams on one
-//! connection lock every other client out (503). So a request whose body has not begun
-//! (its first frame, or its end) within `header_read_timeout` gets 408 and never touches the
-//! upstream. A body that starts and then trickles is bounded by `[upstream].timeout` as before.
+//! Why wait for the start (HTTP/1.1 upstreams): an upstream connection is a bounded resource
+//! (`[upstream].max_connections`), and an HTTP/1.1 one serves a single request at a time. A
+//! client that sends a request head and then no body would otherwise hold one for the whole
+//! `[upstream].timeout`, and a handful of such streams on one connection lock every other client
+//! out (503). So a request whose body has not begun (its first frame, or its end) within
+//! `header_read_timeout` gets 408 and never touches the upstream. A body that starts and then
+//! trickles is bounded by `[upstream].timeout` as before. An HTTP/2 upstream does not wait: a
+//! request there holds one of many multiplexed streams, and a gRPC call whose server speaks
+//! first must reach the server before the client says anything.
 //!
 //! Trailers: the body's trailer fields (HTTP/1.1 chunked, HTTP/2) are scrubbed as they pass, by
 //! the same rules as the request head (`scrub::request_trailers`): a client must not be able to
@@ -63,12 +66,12 @@ pub enum NotStarted {
 }
 
 impl RequestBody {
-    /// Waits up to `wait` for `body` to start (module docs). A body already known to be empty
-    /// (no `Content-Length`/`Transfer-Encoding`, `Content-Length: 0`, HTTP/2 `END_STREAM` on
-    /// the head) does not wait.
+    /// Waits up to `wait` for `body` to start (module docs); `None` does not wait (an HTTP/2
+    /// upstream). A body already known to be empty (no `Content-Length`/`Transfer-Encoding`,
+    /// `Content-Length: 0`, HTTP/2 `END_STREAM` on the head) does not wait either.
     pub async fn started(
         body: Incoming,
-        wait: Duration,
+        wait: Option<Duration>,
         trailer_rules: Option<Arc<ScrubRules>>,
     ) -> Result<RequestBody, NotStarted> {
         let mut started = RequestBody {
@@ -76,9 +79,9 @@ impl RequestBody {
             rest: body,
             trailer_rules,
         };
-        if started.rest.is_end_stream() {
+        let Some(wait) = wait.filter(|_| !started.rest.is_end_stream()) else {
             return Ok(started);
-        }
+        };
         match tokio::time::timeout(wait, started.rest.frame()).await {
             Err(_) => Err(NotStarted::TimedOut),
             Ok(Some(Err(error))) => Err(NotStarted::Failed(ClientBodyError(error))),
