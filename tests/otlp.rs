@@ -707,3 +707,37 @@ async fn a_request_s_userinfo_and_upstream_calls_are_child_spans_of_its_server_s
         }
     }
 }
+
+/// A collector that accepts and never answers never slows a proxied request: 200 requests
+/// through a proxy exporting to it finish as fast as without export would allow (bounded with
+/// generous slack), and the drop counter is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collector_never_slows_requests_and_its_spans_are_counted_dropped() {
+    let collector = HungCollector::start().await;
+    let echo = support::echo::Echo::start().await;
+    let toml = support::config(
+        echo.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\notlp_endpoint = \"http://{}\"\n\n\
+             [[route]]\nid = \"open\"\npath_prefix = \"/\"\nauth = \"public\"\n",
+            collector.addr
+        ),
+    );
+    let proxy = support::Proxy::start(&toml).await;
+    let started = Instant::now();
+    for i in 0..200 {
+        let answer = support::get(&proxy.url(&format!("/r/{i}")), &[]).await;
+        assert_eq!(answer.status, 200);
+    }
+    let took = started.elapsed();
+    // Exporting to a collector that never answers must cost the requests nothing: with 200
+    // requests, a request blocked on the collector even once would take seconds.
+    assert!(took < Duration::from_secs(20), "200 requests took {took:?}");
+    let metrics = format!("http://{}/metrics", proxy.admin.unwrap());
+    let scrape = support::get(&metrics, &[]).await;
+    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    assert!(
+        text.contains("tokengate_spans_dropped_total"),
+        "the drop counter is exported with [telemetry]:\n{text}"
+    );
+}
