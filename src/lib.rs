@@ -40,6 +40,7 @@
 //!   see, and the one enum of reasons behind the access line and the metrics.
 //! - `config`: TOML schema, `${ENV}`, validation with file/line/key path, the compiled model.
 //! - `telemetry`: logging and the access line. `reload`: SIGHUP. `keygen`, `demo`: commands.
+//! - `explain`: `tokengate explain`, the phases above run on a described request, with the why.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -47,6 +48,7 @@ pub mod authn;
 pub mod config;
 pub mod demo;
 pub mod digest_hash;
+pub mod explain;
 pub mod forward;
 pub mod gateway;
 pub mod identity;
