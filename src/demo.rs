@@ -4,7 +4,8 @@
 //! key is generated at start and lives only in memory), an echo upstream that answers with what
 //! it received, and the proxy itself. The proxy is configured through a generated TOML file
 //! written to a temp directory and loaded with `config::load_file`, exactly as `serve` does; no
-//! part of the request pipeline knows it is a demo. Then it prints tokens and curl commands.
+//! part of the request pipeline knows it is a demo. Then it prints tokens, curl commands and one
+//! `tokengate explain` command for the denied request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -300,6 +301,15 @@ async fn loopback() -> Result<(TcpListener, SocketAddr), String> {
     Ok((listener, addr))
 }
 
+/// How the user started this binary (`tokengate`, `./target/release/tokengate`), so the printed
+/// `explain` command runs as pasted.
+fn program() -> String {
+    std::env::args()
+        .next()
+        .filter(|arg| !arg.is_empty() && !arg.contains(char::is_whitespace))
+        .unwrap_or_else(|| "tokengate".to_owned())
+}
+
 fn print_instructions(
     config: &std::path::Path,
     proxy: SocketAddr,
@@ -337,6 +347,14 @@ fn print_instructions(
     println!();
     println!("Unauthenticated (401, WWW-Authenticate: Bearer realm=\"tokengate\"):");
     println!("curl -s -i http://{proxy}/orders/42");
+    println!();
+    println!("Why was it denied? Every step of the decision, without sending the request (add");
+    println!("--json for one JSON object; the output never shows the token):");
+    println!(
+        "{} explain --config {} --token {token} /admin/users",
+        program(),
+        config.display()
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 }

@@ -43,6 +43,7 @@
 //! - `digest_hash`: the table hash of the caches keyed by SHA-256 digests.
 //! - `config`: TOML schema, `${ENV}`, validation with file/line/key path, the compiled model.
 //! - `telemetry`: logging and the access line. `reload`: SIGHUP. `keygen`, `demo`: commands.
+//! - `explain`: `tokengate explain`, the phases above run on a described request, with the why.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -50,6 +51,7 @@ pub mod authn;
 pub mod config;
 pub mod demo;
 pub(crate) mod digest_hash;
+pub mod explain;
 pub mod forward;
 pub(crate) mod gateway;
 pub mod identity;

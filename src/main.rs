@@ -1,5 +1,6 @@
 //! Command line only: parse arguments, then hand over to the library.
-//! Exit codes (SPEC §2): 0 ok, 1 invalid configuration or failure at start, 2 bad usage.
+//! Exit codes (SPEC §2): 0 ok, 1 invalid configuration or failure at start, 2 bad usage;
+//! `explain` adds 3: the request would be rejected.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +18,8 @@ use tokengate::{app, config, telemetry};
              per-route claim policies and forwards a signed identity to the upstream.",
     propagate_version = true,
     after_help = "Exit codes: 0 ok, 1 invalid configuration or failure at start (port in use, \
-                  unreadable key), 2 bad command-line usage.\n\
+                  unreadable key), 2 bad command-line usage (explain: 3 the request would be \
+                  rejected).\n\
                   Environment: TOKENGATE_CONFIG (default --config), TOKENGATE_LOG or RUST_LOG \
                   (log level, default info), TOKENGATE_LOG_FORMAT=json (JSON log lines)."
 )]
@@ -50,6 +52,52 @@ enum Command {
     /// Zero-setup local trial (NOT for production): starts a development issuer, an echo
     /// upstream and the proxy on loopback, and prints a token and curl commands to try.
     Demo,
+    /// What would happen to this request, and why, without serving: runs the request pipeline
+    /// (path, routes, token, keys, userinfo, policy, identity) and prints each step. Never prints
+    /// the token. Exit 0 forwarded, 3 rejected, 1 configuration or lookup failure, 2 bad usage.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        short = 'c',
+        env = "TOKENGATE_CONFIG",
+        default_value = "tokengate.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    /// The access token (sent as `Authorization: Bearer`, or `DPoP` with a DPoP header). Visible
+    /// to other local users in the process list: prefer --token-file.
+    #[arg(long, value_name = "T", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the access token (surrounding whitespace ignored).
+    #[arg(long, value_name = "F")]
+    token_file: Option<PathBuf>,
+    /// Request method, exactly as a client sends it.
+    #[arg(long, short = 'X', default_value = "GET", value_name = "M")]
+    method: String,
+    /// `Host` of the request (default: the main listener's address).
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// A request header, `Name: value` (repeatable). `DPoP: <proof>` sends the token with the
+    /// DPoP scheme.
+    #[arg(long = "header", short = 'H', value_name = "'Name: value'")]
+    headers: Vec<String>,
+    /// Verify against this saved JWKS instead of fetching the issuers' keys (offline).
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// Do not call userinfo: policy and identity see the token's claims only (said in the output).
+    #[arg(long)]
+    no_userinfo: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Request path and query, as the client sends it (`/orders/42?x=1`).
+    #[arg(value_name = "PATH")]
+    path: String,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +119,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Serve(args) => serve(&args.config),
         Command::Demo => demo(),
+        Command::Explain(args) => explain(args),
         Command::Keygen { alg, out, force } => match tokengate::keygen::run(alg, &out, force) {
             Ok(kid) => {
                 println!("{kid}");
@@ -129,6 +178,73 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
             None
+        }
+    }
+}
+
+fn explain(args: ExplainArgs) -> ExitCode {
+    // Warnings (a failed key fetch, a failed userinfo call) go to stderr; the report to stdout.
+    let filter = std::env::var("TOKENGATE_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let token = match (args.token, args.token_file) {
+        (Some(text), _) => Some(tokengate::explain::TokenArg::Text(text)),
+        (None, Some(path)) => Some(tokengate::explain::TokenArg::File(path)),
+        (None, None) => None,
+    };
+    let json = args.json;
+    let args = tokengate::explain::Args {
+        config: args.config,
+        token,
+        method: args.method,
+        host: args.host,
+        headers: args.headers,
+        jwks: args.jwks,
+        no_userinfo: args.no_userinfo,
+        path: args.path,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    let explained = runtime.block_on(tokengate::explain::explain(&args));
+    // Background key refreshers must not hold the process once the report is out.
+    runtime.shutdown_background();
+    match explained {
+        Ok(report) => {
+            let text = if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => text + "\n",
+                    Err(error) => {
+                        eprintln!("cannot write the report as JSON: {error}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                report.to_text()
+            };
+            // A closed pipe (`| head`) is the reader's choice, not a failure worth a panic.
+            let mut stdout = std::io::stdout().lock();
+            let _ = std::io::Write::write_all(&mut stdout, text.as_bytes());
+            let _ = std::io::Write::flush(&mut stdout);
+            ExitCode::from(report.exit_code)
+        }
+        Err(failure) => {
+            match &failure {
+                tokengate::explain::Failure::Usage(message) => eprintln!("error: {message}"),
+                tokengate::explain::Failure::Config(lines) => {
+                    for line in lines {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            ExitCode::from(failure.exit_code())
         }
     }
 }

@@ -15,10 +15,14 @@
 //! [`Decision::AccessDenied`]). Policies see the merged claims (token, then userinfo); which
 //! claims userinfo may override is `userinfo`'s rule, turning a decision into a `Rejection` is
 //! [`authorize()`]'s (phase 6), and rendering the 403 is `rejection.rs`'s.
+//!
+//! [`Policy::evaluate_traced`] is the one evaluation; it reports each check to an [`Observer`].
+//! The request path passes `()`, whose calls compile away and which stops at the first failure;
+//! `tokengate explain` passes one that asks for every check, so it can show them all.
 
 mod authorize;
 
-pub use authorize::{authorize, Authorized};
+pub use authorize::{authorize, authorize_traced, Authorized};
 
 use regex::Regex;
 use serde_json::{Number, Value};
@@ -50,6 +54,42 @@ pub enum Decision {
     AccessDenied,
 }
 
+/// Receives each check [`Policy::evaluate_traced`] makes (`tokengate explain`).
+pub trait Observer {
+    /// `true`: evaluate and report every check, even once the decision is known; `false`: stop
+    /// at the first failure (the request path).
+    const EVERY: bool;
+    fn check(&mut self, check: Check<'_, '_>);
+}
+
+/// The request path's observer: sees nothing, stops early, compiles away.
+impl Observer for () {
+    const EVERY: bool = false;
+    #[inline(always)]
+    fn check(&mut self, _: Check<'_, '_>) {}
+}
+
+/// One check and its verdict. `block` is the index of the `any_of` block it belongs to, `None`
+/// for the route's own `scopes` and `claims`.
+#[derive(Debug, Clone, Copy)]
+pub enum Check<'p, 'c> {
+    /// A required scope, granted or not by the caller's `scope` (else `scp`) claim.
+    Scope {
+        block: Option<usize>,
+        scope: &'p str,
+        holds: bool,
+    },
+    /// A claim rule, with the value it read (`None`: absent or `null`).
+    Rule {
+        block: Option<usize>,
+        rule: &'p Rule,
+        value: Option<&'c Value>,
+        holds: bool,
+    },
+    /// An `any_of` block as a whole: all its scopes and rules held.
+    Block { index: usize, holds: bool },
+}
+
 /// One `[[route.any_of]]` block: it holds when all its scopes and all its rules hold.
 #[derive(Debug, Clone)]
 struct Block {
@@ -57,9 +97,9 @@ struct Block {
     rules: Box<[Rule]>,
 }
 
-/// One compiled claim rule.
+/// One compiled claim rule; its `Display` is the rule as configured (`groups contains "admin"`).
 #[derive(Debug, Clone)]
-struct Rule {
+pub struct Rule {
     claim: ClaimPath,
     op: Op,
 }
@@ -132,23 +172,69 @@ impl Policy {
     }
 
     /// Evaluated on the merged claims (token claims, later merged with userinfo) — never on the token.
+    #[inline]
     pub fn evaluate(&self, claims: &Claims) -> Decision {
+        self.evaluate_traced(claims, &mut ())
+    }
+
+    /// [`Policy::evaluate`], reporting each check to `observer` in evaluation order: the route's
+    /// own scopes, its own rules, then each `any_of` block's scopes and rules followed by the
+    /// block's verdict. With [`Observer::EVERY`] every check runs (the decision is the same:
+    /// a failing own scope decides `InsufficientScope` before anything else); without it the
+    /// evaluation stops as soon as the decision is known.
+    #[inline]
+    pub fn evaluate_traced<O: Observer>(&self, claims: &Claims, observer: &mut O) -> Decision {
         let granted = Granted::of(claims);
-        if !self.scopes.iter().all(|s| granted.has(s)) {
-            return Decision::InsufficientScope;
-        }
-        if !self.rules.iter().all(|r| r.holds(claims)) {
-            return Decision::AccessDenied;
-        }
-        let alternatives = self.any_of.is_empty()
-            || self.any_of.iter().any(|b| {
-                b.scopes.iter().all(|s| granted.has(s)) && b.rules.iter().all(|r| r.holds(claims))
+        let mut decision = Decision::Allow;
+        for scope in self.scopes.iter() {
+            let holds = granted.has(scope);
+            observer.check(Check::Scope {
+                block: None,
+                scope,
+                holds,
             });
-        if alternatives {
-            Decision::Allow
-        } else {
-            Decision::AccessDenied
+            if !holds {
+                if !O::EVERY {
+                    return Decision::InsufficientScope;
+                }
+                decision = Decision::InsufficientScope;
+            }
         }
+        for rule in self.rules.iter() {
+            let (value, holds) = rule.verdict(claims);
+            observer.check(Check::Rule {
+                block: None,
+                rule,
+                value,
+                holds,
+            });
+            if !holds {
+                if !O::EVERY {
+                    return Decision::AccessDenied;
+                }
+                if decision == Decision::Allow {
+                    decision = Decision::AccessDenied;
+                }
+            }
+        }
+        if self.any_of.is_empty() {
+            return decision;
+        }
+        let mut any = false;
+        for (index, block) in self.any_of.iter().enumerate() {
+            let holds = block.holds(index, &granted, claims, observer);
+            observer.check(Check::Block { index, holds });
+            if holds {
+                any = true;
+                if !O::EVERY {
+                    break;
+                }
+            }
+        }
+        if !any && decision == Decision::Allow {
+            decision = Decision::AccessDenied;
+        }
+        decision
     }
 
     /// The route's own scopes joined by a space, for the insufficient_scope challenge (precomputed).
@@ -366,6 +452,33 @@ fn whole_match(pattern: &str) -> Result<Regex, String> {
 // Evaluating: nothing below allocates
 // ---------------------------------------------------------------------------------------------
 
+/// The claim a caller's scopes are read from, and its value: `scope` when present (not absent,
+/// not `null`), else `scp` when present. Which values grant anything is `Granted::of`'s rule.
+pub fn scope_claim(claims: &Claims) -> Option<(&'static str, &Value)> {
+    scope_source(claims).map(|(source, value)| {
+        let name = match source {
+            ScopeSource::Scope => "scope",
+            ScopeSource::Scp => "scp",
+        };
+        (name, value)
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ScopeSource {
+    Scope,
+    Scp,
+}
+
+/// [`scope_claim`] with the claim as a tag (no name to compare on the request path).
+#[inline]
+fn scope_source(claims: &Claims) -> Option<(ScopeSource, &Value)> {
+    match claims.get("scope") {
+        None | Some(Value::Null) => claims.get("scp").map(|v| (ScopeSource::Scp, v)),
+        Some(value) => Some((ScopeSource::Scope, value)),
+    }
+}
+
 /// The caller's granted scopes, read once per evaluation: `scope` when present (not absent, not
 /// `null`), else `scp`.
 enum Granted<'c> {
@@ -379,17 +492,12 @@ enum Granted<'c> {
 
 impl<'c> Granted<'c> {
     fn of(claims: &'c Claims) -> Self {
-        let from = |v: &'c Value| match v {
-            Value::String(s) => Granted::Text(s),
-            Value::Array(items) => Granted::List(items),
-            _ => Granted::Nothing,
-        };
-        match claims.get("scope") {
-            None | Some(Value::Null) => claims.get("scp").map_or(Granted::Nothing, from),
+        match scope_source(claims) {
+            Some((_, Value::String(s))) => Granted::Text(s),
             // `scope` is a string by definition (RFC 8693 §4.2, RFC 9068 §2.2.3.1); an array
             // there is malformed and grants nothing rather than falling back to `scp`.
-            Some(Value::String(s)) => Granted::Text(s),
-            Some(_) => Granted::Nothing,
+            Some((ScopeSource::Scp, Value::Array(items))) => Granted::List(items),
+            _ => Granted::Nothing,
         }
     }
 
@@ -402,14 +510,61 @@ impl<'c> Granted<'c> {
     }
 }
 
+impl Block {
+    /// Whether every scope and rule of this block holds, each reported to `observer`.
+    #[inline]
+    fn holds<O: Observer>(
+        &self,
+        index: usize,
+        granted: &Granted<'_>,
+        claims: &Claims,
+        observer: &mut O,
+    ) -> bool {
+        let block = Some(index);
+        let mut holds = true;
+        for scope in self.scopes.iter() {
+            let ok = granted.has(scope);
+            observer.check(Check::Scope {
+                block,
+                scope,
+                holds: ok,
+            });
+            if !ok {
+                holds = false;
+                if !O::EVERY {
+                    return false;
+                }
+            }
+        }
+        for rule in self.rules.iter() {
+            let (value, ok) = rule.verdict(claims);
+            observer.check(Check::Rule {
+                block,
+                rule,
+                value,
+                holds: ok,
+            });
+            if !ok {
+                holds = false;
+                if !O::EVERY {
+                    return false;
+                }
+            }
+        }
+        holds
+    }
+}
+
 impl Rule {
-    fn holds(&self, claims: &Claims) -> bool {
+    /// The value the rule reads (absent and `null` are both `None`) and whether the rule holds.
+    #[inline]
+    fn verdict<'c>(&self, claims: &'c Claims) -> (Option<&'c Value>, bool) {
         let value = self.claim.lookup(claims).filter(|v| !v.is_null());
         let Some(value) = value else {
             // Absent or null fails every operator except `exists = false`.
-            return matches!(self.op, Op::Exists(false));
+            return (None, matches!(self.op, Op::Exists(false)));
         };
-        match &self.op {
+        let holds = match &self.op {
             Op::Exists(want) => *want,
             Op::Equals(expected) => json_eq(value, expected),
             Op::OneOf(options) => options.iter().any(|o| json_eq(value, o)),
@@ -417,6 +572,39 @@ impl Rule {
             Op::ContainsAny(wanted) => wanted.iter().any(|w| contains(value, w)),
             Op::ContainsAll(wanted) => wanted.iter().all(|w| contains(value, w)),
             Op::Matches(re) => value.as_str().is_some_and(|s| re.is_match(s)),
+        };
+        (Some(value), holds)
+    }
+}
+
+impl std::fmt::Display for Rule {
+    /// The rule as written in the configuration: `claim operator operand`, the claim as its
+    /// name or JSON Pointer, the operand as JSON (a `matches` pattern without our anchors).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.claim {
+            ClaimPath::Name(name) => f.write_str(name)?,
+            ClaimPath::Pointer(tokens) => {
+                for token in tokens {
+                    write!(f, "/{}", token.replace('~', "~0").replace('/', "~1"))?;
+                }
+            }
+        }
+        let list = |values: &[Value]| Value::Array(values.to_vec());
+        match &self.op {
+            Op::Equals(v) => write!(f, " equals {v}"),
+            Op::OneOf(v) => write!(f, " one_of {}", list(v)),
+            Op::Contains(v) => write!(f, " contains {v}"),
+            Op::ContainsAny(v) => write!(f, " contains_any {}", list(v)),
+            Op::ContainsAll(v) => write!(f, " contains_all {}", list(v)),
+            Op::Matches(re) => {
+                let pattern = re.as_str();
+                let pattern = pattern
+                    .strip_prefix("^(?:")
+                    .and_then(|p| p.strip_suffix(")$"))
+                    .unwrap_or(pattern);
+                write!(f, " matches {}", Value::String(pattern.to_owned()))
+            }
+            Op::Exists(b) => write!(f, " exists {b}"),
         }
     }
 }

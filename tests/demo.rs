@@ -1,5 +1,6 @@
 //! `tokengate demo` (SPEC §2): the built binary starts, prints a token and one-line curl
-//! commands, and those commands do what the demo says (200, 403, 401), then SIGTERM exits 0.
+//! commands, and those commands do what the demo says (200, 403, 401); the printed `explain`
+//! command explains the denied one (exit 3, never showing the token); then SIGTERM exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed step panics with its message
 mod support;
 
@@ -92,6 +93,52 @@ async fn demo_prints_curl_commands_that_work_as_described() {
     assert_eq!(
         answer.header("www-authenticate"),
         Some("Bearer realm=\"tokengate\"")
+    );
+
+    // The printed explain command, run as pasted (its program replaced by the binary under
+    // test), explains the denial without printing the token.
+    let explain = out
+        .lines()
+        .find(|l| l.contains(" explain --config "))
+        .expect("an explain command");
+    let words: Vec<&str> = explain.split_whitespace().collect();
+    assert_eq!(words[1], "explain", "{explain}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .expect("TOKEN line");
+    let output = tokio::task::spawn_blocking({
+        let args: Vec<String> = words[1..].iter().map(|w| (*w).to_owned()).collect();
+        let cwd = dir.path().to_path_buf();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            support::process::run(&args, &cwd, &[], Duration::from_secs(60))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        output.code(),
+        Some(3),
+        "{}\n{}",
+        output.stdout,
+        output.stderr
+    );
+    assert!(
+        output.stdout.contains("REJECTED 403 insufficient_scope"),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stdout.contains("scope admin: FAILS"),
+        "{}",
+        output.stdout
+    );
+    assert!(!output.stdout.contains(&token[..16]), "{}", output.stdout);
+    assert!(
+        !output.stdout.contains(&token[token.len() - 16..]),
+        "{}",
+        output.stdout
     );
 
     demo.sigterm();

@@ -1,5 +1,6 @@
 //! The key state of every configured issuer, for one configuration generation, and the background
 //! tasks that keep it fresh (`token::jwks`). Dropping [`Issuers`] stops the tasks.
+//! [`Issuers::with_keys`] is the offline variant: fixed key sets from a saved JWKS, no tasks.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use crate::config::Config;
 use crate::telemetry::trace::{self, Tracing};
 use crate::telemetry::Metrics;
 use crate::token::jwks::IssuerKeys;
+use crate::token::keys::KeySet;
 
 pub struct Issuers {
     keys: Vec<Arc<IssuerKeys>>,
@@ -54,17 +56,36 @@ impl Issuers {
             ));
             keys.push(state);
         }
+        Ok(Issuers::assemble(keys, stop))
+    }
+
+    fn assemble(keys: Vec<Arc<IssuerKeys>>, stop: watch::Sender<bool>) -> Issuers {
         let introspecting = keys
             .iter()
             .enumerate()
             .filter(|(_, k)| k.issuer().introspection.is_some())
             .map(|(i, k)| (i, k.clone()))
             .collect();
-        Ok(Issuers {
+        Issuers {
             keys,
             introspecting,
             stop,
-        })
+        }
+    }
+
+    /// Every issuer with the key set of `jwks` (a saved JWKS document), parsed for each issuer's
+    /// allowed algorithms, instead of fetching (`tokengate explain --jwks`): no task fetches
+    /// anything, and endpoints come from the configuration only.
+    pub fn with_keys(config: &Config, jwks: &[u8]) -> Result<Issuers, String> {
+        let (stop, _) = watch::channel(false);
+        let mut keys = Vec::with_capacity(config.issuers.len());
+        for issuer in &config.issuers {
+            let set = KeySet::from_jwks(jwks, &issuer.algorithms)?;
+            let state = IssuerKeys::with_keys(issuer.clone(), set)
+                .map_err(|e| format!("issuer {}: {e}", issuer.id))?;
+            keys.push(state);
+        }
+        Ok(Issuers::assemble(keys, stop))
     }
 
     /// A receiver that turns `true` when these issuers are dropped (for tasks tied to them).

@@ -8,6 +8,9 @@
 //! - `principal`: the values the later phases hand each other ([`Verified`], [`Principal`]).
 //! - `issuers`: the issuers' key state and its background refresh.
 //!
+//! [`Authenticator::verify_traced`] is the same phase reporting to a [`VerifyObserver`] which key
+//! verified the token and what the token held (`tokengate explain`); `verify` passes `()`.
+//!
 //! JOSE rules are `token::jwt`, keys `token::jwks`, DPoP proofs `token::dpop`; this module only
 //! decides which of them applies and maps every failure to the `Rejection` a client sees.
 
@@ -17,6 +20,7 @@ mod credential;
 mod issuers;
 mod principal;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,7 +33,7 @@ pub use principal::{Caller, ClaimsSource, Principal, Token, Verified};
 use binding::{invalid, Senders};
 use cache::{Entry, VerifiedCache};
 
-use crate::config::{AuthMode, Config};
+use crate::config::{Algorithm, AuthMode, Config};
 use crate::reason::{AuthMethod, Reason};
 use crate::rejection::Rejection;
 use crate::route::Routed;
@@ -39,6 +43,7 @@ use crate::token::claims::{date_claim, Round};
 use crate::token::dpop::DpopChecker;
 use crate::token::introspect::Introspector;
 use crate::token::jwt::{self, JwtError};
+use crate::token::keys::KeyFacts;
 
 /// How long a client is told to wait when an issuer's keys are unavailable.
 const RETRY_AFTER_SECS: u32 = 5;
@@ -47,6 +52,38 @@ const RETRY_AFTER_SECS: u32 = 5;
 /// its claims as compact JSON (about 0.6 KB with a dozen claims, measured), so the bound keeps
 /// the cache near 60 MB; a miss costs only one verification.
 const VERIFIED_CACHE_ENTRIES: usize = 100_000;
+
+/// Receives what phase 4 finds out as it goes (`tokengate explain`). The request path passes
+/// `()`, which ignores everything: the calls compile away.
+pub trait VerifyObserver: Send {
+    /// A JWT's signature and claims were verified (on a verified-token cache hit this is not
+    /// called: nothing was verified).
+    fn signed(&mut self, _signed: SignedWith<'_>) {}
+    /// The token passed verification, before its sender constraints and the route's `issuers`
+    /// are checked.
+    fn token(&mut self, _token: &Token<'_>) {}
+}
+
+impl VerifyObserver for () {}
+
+impl<O: VerifyObserver> VerifyObserver for &mut O {
+    fn signed(&mut self, signed: SignedWith<'_>) {
+        (**self).signed(signed);
+    }
+    fn token(&mut self, token: &Token<'_>) {
+        (**self).token(token);
+    }
+}
+
+/// How a JWT's signature was verified.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedWith<'a> {
+    /// Index into `Config::issuers`.
+    pub issuer: usize,
+    pub alg: Algorithm,
+    /// The key of the issuer's set that verified it; `None`: the issuer's `hmac_secret`.
+    pub key: Option<KeyFacts<'a>>,
+}
 
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
@@ -83,6 +120,27 @@ impl Authenticator {
         tracing: &Tracing,
     ) -> Result<Self, String> {
         let issuers = Issuers::start(config, previous.map(|p| &p.issuers), metrics, tracing)?;
+        Authenticator::assemble(config, issuers, previous, metrics)
+    }
+
+    /// A generation whose issuers all use the key set of `jwks` (a saved JWKS document) and
+    /// fetch nothing (`tokengate explain --jwks`, offline). Introspection and userinfo still go
+    /// to the endpoints the configuration names.
+    pub fn with_keys(
+        config: &Arc<Config>,
+        jwks: &[u8],
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let issuers = Issuers::with_keys(config, jwks)?;
+        Authenticator::assemble(config, issuers, None, metrics)
+    }
+
+    fn assemble(
+        config: &Arc<Config>,
+        issuers: Issuers,
+        previous: Option<&Authenticator>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
         let dpop = match previous {
             Some(p) => Arc::new(p.senders.dpop().reconfigured(&config.dpop)),
             None => Arc::new(
@@ -120,10 +178,23 @@ impl Authenticator {
 
     /// Phase 4: the credential verified for this request and route (SPEC §4.4, §4.8). A bad
     /// token is refused on an `optional` route too: it is never silently ignored.
-    pub async fn verify<'r>(
+    ///
+    /// [`Authenticator::verify_traced`] with the observer that sees nothing; not an `async fn`
+    /// of its own, so the request path's future gains no layer.
+    pub fn verify<'s, 'r, 'g>(
+        &'s self,
+        credential: Credential<'r>,
+        routed: &'r Routed<'g>,
+    ) -> impl Future<Output = Result<Verified<'r>, Rejection>> + Send + use<'s, 'r, 'g> {
+        self.verify_traced(credential, routed, ())
+    }
+
+    /// [`Authenticator::verify`], telling `observer` what it found (`tokengate explain`).
+    pub async fn verify_traced<'r, O: VerifyObserver>(
         &self,
         credential: Credential<'r>,
         routed: &'r Routed<'_>,
+        observer: O,
     ) -> Result<Verified<'r>, Rejection> {
         let route = routed.route;
         let (raw, dpop) = match credential {
@@ -133,7 +204,9 @@ impl Authenticator {
             Credential::Dpop(raw) => (raw, true),
         };
         let now = unix_now();
-        let mut token = match self.token(raw, now).await {
+        // The observer moves on: by value, so the request path's `()` takes no room in the
+        // future (a reference to it would).
+        let mut token = match self.token(raw, now, observer).await {
             Ok(token) => token,
             // A client that used the `DPoP` scheme is answered in it (RFC 9449 §7.1), whatever
             // is wrong with the token.
@@ -161,7 +234,12 @@ impl Authenticator {
 
     /// The token checked whatever the route: from the verified-token cache, by JWT
     /// verification, or by introspection (a token that is not a JWT).
-    async fn token<'r>(&self, raw: RawToken<'r>, now: i64) -> Result<Token<'r>, Rejection> {
+    async fn token<'r, O: VerifyObserver>(
+        &self,
+        raw: RawToken<'r>,
+        now: i64,
+        mut observer: O,
+    ) -> Result<Token<'r>, Rejection> {
         if raw.len() > self.config.server.max_token_bytes {
             return Err(invalid(Reason::Malformed, "token exceeds max_token_bytes"));
         }
@@ -171,19 +249,26 @@ impl Authenticator {
             Some(hit) => hit,
             None if raw.is_jwt() => {
                 // Boxed: a cache hit, the common case, should not carry this future's size.
-                let (entry, claims_json) = Box::pin(self.verify_jwt(raw.expose(), now)).await?;
+                let verified = Box::pin(self.verify_jwt(raw.expose(), now, &mut observer));
+                let (entry, claims_json) = verified.await?;
                 self.verified.insert(sha256, entry, claims_json, now)
             }
-            None => return Box::pin(self.introspect(raw, sha256, now)).await,
+            None => {
+                let token = Box::pin(self.introspect(raw, sha256, now)).await?;
+                observer.token(&token);
+                return Ok(token);
+            }
         };
-        Ok(Token {
+        let token = Token {
             raw,
             sha256,
             issuer: entry.issuer,
             claims: entry.claims,
             exp: entry.exp,
             auth: AuthMethod::Jwt,
-        })
+        };
+        observer.token(&token);
+        Ok(token)
     }
 
     /// An opaque token: the introspection endpoints of the issuers that have one, in file order.
@@ -210,7 +295,12 @@ impl Authenticator {
     }
 
     /// The full SPEC §4.4 verification of one JWT, whatever route it is for.
-    async fn verify_jwt(&self, token: &str, now: i64) -> Result<(Entry, Vec<u8>), Rejection> {
+    async fn verify_jwt<O: VerifyObserver>(
+        &self,
+        token: &str,
+        now: i64,
+        observer: &mut O,
+    ) -> Result<(Entry, Vec<u8>), Rejection> {
         let parsed = jwt::parse(token).map_err(reject)?;
         let index = self.select_issuer(parsed.unverified_issuer())?;
         let state = self
@@ -219,21 +309,35 @@ impl Authenticator {
             .ok_or_else(|| reject(JwtError::NoKeys))?;
         let mut keys = state.keys();
         let profile = jwt::Profile::AccessToken;
-        match jwt::check(&parsed, keys.as_deref(), state.issuer(), now, profile) {
-            Err(JwtError::UnknownKid) => {
-                // A rotation the periodic refresh has not seen yet; at most one fetch per
-                // jwks_min_refresh, and never a wait on someone else's refresh.
-                let fresh = state
-                    .refresh_for_unknown_kid()
-                    .await
-                    .ok_or_else(|| reject(JwtError::UnknownKid))?;
-                let checked =
-                    jwt::check(&parsed, Some(&fresh), state.issuer(), unix_now(), profile);
-                keys = Some(fresh);
-                checked.map_err(reject)?;
-            }
-            other => other.map_err(reject)?,
-        }
+        let signed_by =
+            match jwt::check_signed(&parsed, keys.as_deref(), state.issuer(), now, profile) {
+                Err(JwtError::UnknownKid) => {
+                    // A rotation the periodic refresh has not seen yet; at most one fetch per
+                    // jwks_min_refresh, and never a wait on someone else's refresh.
+                    let fresh = state
+                        .refresh_for_unknown_kid()
+                        .await
+                        .ok_or_else(|| reject(JwtError::UnknownKid))?;
+                    let checked = jwt::check_signed(
+                        &parsed,
+                        Some(&fresh),
+                        state.issuer(),
+                        unix_now(),
+                        profile,
+                    );
+                    keys = Some(fresh);
+                    checked.map_err(reject)?
+                }
+                other => other.map_err(reject)?,
+            };
+        observer.signed(SignedWith {
+            issuer: index,
+            alg: parsed.alg(),
+            key: match signed_by {
+                jwt::SignedBy::Secret => None,
+                jwt::SignedBy::Key(key) => keys.as_deref().and_then(|k| k.describe(key)),
+            },
+        });
         // An HMAC-verified token depends on the configured secret only, not on the key set.
         let keys = match parsed.alg().is_hmac() {
             true => None,

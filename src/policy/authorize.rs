@@ -19,7 +19,7 @@
 //! }
 //! ```
 
-use super::Decision;
+use super::{Decision, Observer};
 use crate::authn::Principal;
 use crate::config::Route;
 use crate::rejection::Rejection;
@@ -40,14 +40,24 @@ impl Authorized {
 /// Phase 6: the route's scopes and claim rules on the caller's claims. A tokenless request on an
 /// `optional` route carries no claims: if the route's policy cannot hold without them, the client
 /// is asked for a token (401) rather than refused (403).
+#[inline]
 pub fn authorize(route: &Route, principal: Principal) -> Result<Authorized, Rejection> {
+    authorize_traced(route, principal, &mut ())
+}
+
+/// [`authorize`], reporting every check of the policy to `observer` (`tokengate explain`).
+pub fn authorize_traced<O: Observer>(
+    route: &Route,
+    principal: Principal,
+    observer: &mut O,
+) -> Result<Authorized, Rejection> {
     let policy = &route.policy;
     if policy.is_empty() {
         return Ok(Authorized { principal });
     }
     let decision = match &principal {
-        Principal::Caller(caller) => policy.evaluate(&caller.claims),
-        Principal::Anonymous => match policy.evaluate(&Claims::new()) {
+        Principal::Caller(caller) => policy.evaluate_traced(&caller.claims, observer),
+        Principal::Anonymous => match policy.evaluate_traced(&Claims::new(), observer) {
             Decision::Allow => Decision::Allow,
             _ => return Err(Rejection::MissingToken),
         },

@@ -1010,3 +1010,134 @@ fn claim_path_parses_names_and_pointers() {
         Err("the claim name must not be empty".to_owned())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tracing (`evaluate_traced`, for `tokengate explain`)
+// ---------------------------------------------------------------------------------------------
+
+/// Records every check; `EVERY` chooses between explain's exhaustive walk and the request path's.
+struct Recorder<const EVERY: bool>(Vec<String>);
+
+impl<const E: bool> Observer for Recorder<E> {
+    const EVERY: bool = E;
+    fn check(&mut self, check: Check<'_, '_>) {
+        self.0.push(match check {
+            Check::Scope {
+                block,
+                scope,
+                holds,
+            } => format!("{block:?} scope {scope} {holds}"),
+            Check::Rule {
+                block,
+                rule,
+                value,
+                holds,
+            } => format!("{block:?} {rule} saw {value:?} {holds}"),
+            Check::Block { index, holds } => format!("block {index} {holds}"),
+        });
+    }
+}
+
+const TRACED_POLICY: &str = r#"
+scopes = ["a", "b"]
+claims = [{ claim = "x", equals = 1 }]
+[[any_of]]
+claims = [{ claim = "g", contains = "admin" }]
+[[any_of]]
+scopes = ["c"]
+claims = [{ claim = "/n/r", matches = "o.s" }]
+"#;
+
+#[test]
+fn evaluating_every_check_decides_exactly_as_the_request_path() {
+    let p = policy(TRACED_POLICY);
+    let cases = [
+        json!({}),
+        json!({"scope": "a b", "x": 1}),
+        json!({"scope": "a b", "x": 1, "g": ["admin"]}),
+        json!({"scope": "a b c", "x": 1.0, "n": {"r": "ops"}}),
+        json!({"scope": "a", "x": 1, "g": "admin"}),
+        json!({"scope": "a b", "x": 2, "g": "admin"}),
+        json!({"scp": ["a", "b", "c"], "x": 1, "n": {"r": "oxs"}}),
+        json!({"scope": ["a", "b"], "scp": "a b", "x": 1, "g": ["admin"]}),
+    ];
+    for case in cases {
+        let claims = claims(case.clone());
+        let mut every = Recorder::<true>(Vec::new());
+        let traced = p.evaluate_traced(&claims, &mut every);
+        assert_eq!(traced, p.evaluate(&claims), "{case}");
+        // 2 scopes, 1 rule, block 0 (1 rule + verdict), block 1 (1 scope, 1 rule, verdict).
+        assert_eq!(every.0.len(), 8, "{case}: {:?}", every.0);
+    }
+}
+
+#[test]
+fn the_request_path_stops_at_the_first_failing_check() {
+    let p = policy(TRACED_POLICY);
+    let mut first = Recorder::<false>(Vec::new());
+    let decision = p.evaluate_traced(&claims(json!({"scope": "b"})), &mut first);
+    assert_eq!(decision, Decision::InsufficientScope);
+    assert_eq!(first.0, vec!["None scope a false"]);
+
+    let mut every = Recorder::<true>(Vec::new());
+    let claims = claims(json!({"scope": "b c", "x": 1, "n": {"r": "ops"}}));
+    assert_eq!(
+        p.evaluate_traced(&claims, &mut every),
+        Decision::InsufficientScope
+    );
+    assert_eq!(
+        every.0,
+        vec![
+            "None scope a false",
+            "None scope b true",
+            "None x equals 1 saw Some(Number(1)) true",
+            "Some(0) g contains \"admin\" saw None false",
+            "block 0 false",
+            "Some(1) scope c true",
+            "Some(1) /n/r matches \"o.s\" saw Some(String(\"ops\")) true",
+            "block 1 true",
+        ]
+    );
+}
+
+#[test]
+fn rules_display_as_configured() {
+    let p = policy(
+        r#"claims = [
+            { claim = "/a~1b/c~0d", one_of = ["x", 2] },
+            { claim = "email", matches = "[^@]+@example[.]com" },
+            { claim = "groups", contains_all = ["a", "b"] },
+            { claim = "gone", exists = false },
+        ]"#,
+    );
+    let mut every = Recorder::<true>(Vec::new());
+    p.evaluate_traced(&Claims::new(), &mut every);
+    let shown: Vec<&str> = every
+        .0
+        .iter()
+        .map(|line| {
+            line.trim_start_matches("None ")
+                .split(" saw ")
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            "/a~1b/c~0d one_of [\"x\",2]",
+            "email matches \"[^@]+@example[.]com\"",
+            "groups contains_all [\"a\",\"b\"]",
+            "gone exists false",
+        ]
+    );
+}
+
+#[test]
+fn scopes_are_read_from_scope_else_scp() {
+    let c = claims(json!({"scope": "a", "scp": ["b"]}));
+    assert_eq!(scope_claim(&c), Some(("scope", &json!("a"))));
+    let c = claims(json!({"scope": null, "scp": ["b"]}));
+    assert_eq!(scope_claim(&c), Some(("scp", &json!(["b"]))));
+    assert_eq!(scope_claim(&Claims::new()), None);
+}

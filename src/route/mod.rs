@@ -1,6 +1,7 @@
 //! Which route a request belongs to: its canonical host (`host`), its normalized path
 //! (`normalize`), and the first-match rule of SPEC §3 (file order; `path`/`path_prefix`,
 //! `methods` and `host` must all match), which turns an `Inbound` into a [`Routed`] request.
+//! [`explain_match`] is that rule with the reason a route was passed over, for `tokengate explain`.
 
 pub mod host;
 pub mod normalize;
@@ -38,17 +39,50 @@ pub fn find_index(
 }
 
 /// Whether `route` matches a request (paths are case-sensitive, hosts canonical).
+#[inline]
 pub fn matches(route: &Route, path: &str, method: &Method, host: Option<&Host>) -> bool {
-    path_matches(&route.path, path)
-        && route.methods.as_ref().is_none_or(|m| {
-            // A HEAD is a GET without the body (RFC 9110 §9.3.2): it must never fall through
-            // to a later route.
-            m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
-        })
-        && route
-            .host
-            .as_ref()
-            .is_none_or(|h| host.is_some_and(|v| host_matches(h, v)))
+    explain_match(route, path, method, host).is_ok()
+}
+
+/// Which condition of a route a request fails, checked in this order (`tokengate explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The normalized path is not the route's `path` / under its `path_prefix`.
+    Path,
+    /// The method is not in the route's `methods`.
+    Method,
+    /// The route names a `host` and the request's canonical host is another (or absent).
+    Host,
+}
+
+/// [`matches`] with the reason when it does not: the one definition of a match, so `find` and
+/// `tokengate explain` can never disagree.
+#[inline]
+pub fn explain_match(
+    route: &Route,
+    path: &str,
+    method: &Method,
+    host: Option<&Host>,
+) -> Result<(), Mismatch> {
+    if !path_matches(&route.path, path) {
+        return Err(Mismatch::Path);
+    }
+    let method_ok = route.methods.as_ref().is_none_or(|m| {
+        // A HEAD is a GET without the body (RFC 9110 §9.3.2): it must never fall through
+        // to a later route.
+        m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+    });
+    if !method_ok {
+        return Err(Mismatch::Method);
+    }
+    let host_ok = route
+        .host
+        .as_ref()
+        .is_none_or(|h| host.is_some_and(|v| host_matches(h, v)));
+    if !host_ok {
+        return Err(Mismatch::Host);
+    }
+    Ok(())
 }
 
 /// `path` equals an exact rule; a prefix rule matches segment-aware (`/orders` matches `/orders`

@@ -22,6 +22,9 @@
 //! discovery at all (SPEC §3): `userinfo_endpoint` and the introspection `endpoint` then come
 //! from the configuration only.
 //!
+//! [`IssuerKeys::with_keys`] makes a state with a fixed key set and no I/O at all (`tokengate
+//! explain --jwks`, offline).
+//!
 //! Parsing and selecting keys is `keys.rs`'s job; HTTP rules (timeouts, size caps, redirects) are
 //! `fetch.rs`'s. Logs name the issuer id, URLs without credentials, key counts and a fingerprint
 //! prefix, never key material.
@@ -62,6 +65,8 @@ pub struct IssuerKeys {
     wants_jwks: bool,
     /// No `jwks_uri` configured and something (the JWKS, an introspection endpoint) must be found.
     wants_discovery: bool,
+    /// Built with [`IssuerKeys::with_keys`]: the key set never changes and nothing is fetched.
+    fixed: bool,
     keys: ArcSwapOption<KeySet>,
     /// Configured values, completed by discovery.
     endpoints: ArcSwap<Endpoints>,
@@ -89,6 +94,17 @@ struct Endpoints {
 impl IssuerKeys {
     /// Builds the HTTP client and checks the configured URLs; no network I/O.
     pub fn new(issuer: Issuer) -> Result<Arc<IssuerKeys>, String> {
+        IssuerKeys::build(issuer, None)
+    }
+
+    /// A key state whose keys are `keys`, as saved in a file (`tokengate explain --jwks`): it
+    /// never fetches discovery or a JWKS, an unknown `kid` refreshes nothing, and endpoints come
+    /// from the configuration only. Ready at once, like an issuer whose keys have loaded.
+    pub fn with_keys(issuer: Issuer, keys: KeySet) -> Result<Arc<IssuerKeys>, String> {
+        IssuerKeys::build(issuer, Some(keys))
+    }
+
+    fn build(issuer: Issuer, fixed: Option<KeySet>) -> Result<Arc<IssuerKeys>, String> {
         let fail = |e: String| format!("issuer {:?}: {e}", issuer.id);
         let client = fetch::issuer_client(&issuer).map_err(fail)?;
         let configured = Endpoints {
@@ -114,8 +130,9 @@ impl IssuerKeys {
             .introspection
             .as_ref()
             .is_some_and(|i| i.endpoint.is_none());
-        let wants_discovery =
-            issuer.jwks_uri.is_none() && (wants_jwks || needs_introspection_endpoint);
+        let wants_discovery = fixed.is_none()
+            && issuer.jwks_uri.is_none()
+            && (wants_jwks || needs_introspection_endpoint);
         if wants_discovery {
             fetch::check_url(&discovery_url(&issuer.issuer), issuer.allow_http).map_err(fail)?;
         }
@@ -125,7 +142,8 @@ impl IssuerKeys {
             me: me.clone(),
             wants_jwks,
             wants_discovery,
-            keys: ArcSwapOption::empty(),
+            fixed: fixed.is_some(),
+            keys: ArcSwapOption::new(fixed.map(Arc::new)),
             endpoints: ArcSwap::from_pointee(configured),
             discovered: AtomicBool::new(false),
             gate: Mutex::new(Gate::default()),
@@ -203,7 +221,7 @@ impl IssuerKeys {
     /// one if nothing changed); otherwise, or when the refresh fails, it returns `None` at once.
     /// Before the first successful load it always returns `None`: the background task owns that.
     pub async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
-        if !self.wants_jwks || self.keys.load().is_none() {
+        if self.fixed || !self.wants_jwks || self.keys.load().is_none() {
             return None;
         }
         let me = self.me.upgrade()?;
@@ -228,7 +246,7 @@ impl IssuerKeys {
     /// every `jwks_refresh`; on failure the last good set stays and the backoff applies. Returns
     /// when `stop` becomes `true` or its sender is dropped.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        if !self.wants_jwks && !self.wants_discovery {
+        if self.fixed || (!self.wants_jwks && !self.wants_discovery) {
             let _ = stop.wait_for(|stopped| *stopped).await;
             return;
         }

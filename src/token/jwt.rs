@@ -19,6 +19,9 @@
 //! - any `crit` member is refused (we implement no extension); `jku`, `x5u`, `jwk` and `x5c`
 //!   are never read;
 //! - ECDSA signatures must be the raw `r‖s` form (josekit refuses DER by length).
+//!
+//! [`check_signed`] is [`check`] that also says which key verified the signature ([`SignedBy`]),
+//! for `tokengate explain`; the request path calls `check` and pays nothing for it.
 
 use std::fmt;
 
@@ -318,6 +321,7 @@ pub fn verify_with(
 
 /// Every rule of [`verify_with`], without copying the claims out: on success take them with
 /// [`Parsed::into_claims`].
+#[inline]
 pub fn check(
     parsed: &Parsed<'_>,
     keys: Option<&KeySet>,
@@ -325,9 +329,30 @@ pub fn check(
     now_unix: i64,
     profile: Profile,
 ) -> Result<(), JwtError> {
+    check_signed(parsed, keys, issuer, now_unix, profile).map(drop)
+}
+
+/// What verified a token's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedBy {
+    /// The issuer's `hmac_secret` (an HS* token).
+    Secret,
+    /// The key at this index of the key set given to [`check_signed`] (`KeySet::describe`).
+    Key(usize),
+}
+
+/// [`check`], saying which key verified the signature (`tokengate explain`).
+pub fn check_signed(
+    parsed: &Parsed<'_>,
+    keys: Option<&KeySet>,
+    issuer: &Issuer,
+    now_unix: i64,
+    profile: Profile,
+) -> Result<SignedBy, JwtError> {
     check_header(parsed, issuer, profile)?;
-    check_signature(parsed, keys, issuer)?;
-    check_claims(&parsed.claims, issuer, now_unix, profile)
+    let signed_by = check_signature(parsed, keys, issuer)?;
+    check_claims(&parsed.claims, issuer, now_unix, profile)?;
+    Ok(signed_by)
 }
 
 fn check_header(parsed: &Parsed<'_>, issuer: &Issuer, profile: Profile) -> Result<(), JwtError> {
@@ -364,7 +389,7 @@ fn check_signature(
     parsed: &Parsed<'_>,
     keys: Option<&KeySet>,
     issuer: &Issuer,
-) -> Result<(), JwtError> {
+) -> Result<SignedBy, JwtError> {
     let input = parsed.signing_input.as_bytes();
     if parsed.alg.is_hmac() {
         // Only the configured secret: a JWKS key must never serve as an HMAC secret.
@@ -372,14 +397,15 @@ fn check_signature(
             .hmac_secret
             .as_ref()
             .ok_or_else(|| JwtError::algorithm(parsed.alg.name()))?;
-        return hmac_verify(parsed.alg, secret.0.as_bytes(), input, &parsed.signature);
+        return hmac_verify(parsed.alg, secret.0.as_bytes(), input, &parsed.signature)
+            .map(|()| SignedBy::Secret);
     }
     let keys = keys.ok_or(JwtError::NoKeys)?;
     let mut tried = false;
-    for verifier in keys.candidates(parsed.alg, parsed.kid.as_deref()) {
+    for (index, verifier) in keys.indexed_candidates(parsed.alg, parsed.kid.as_deref()) {
         tried = true;
         if verifier.verify(input, &parsed.signature).is_ok() {
-            return Ok(());
+            return Ok(SignedBy::Key(index));
         }
     }
     match &parsed.kid {

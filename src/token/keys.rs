@@ -52,6 +52,13 @@ struct Key {
     verifiers: Vec<(Algorithm, Box<dyn JwsVerifier>)>,
 }
 
+/// What may be said about one key of a set: its `kid` and RFC 7638 thumbprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFacts<'a> {
+    pub kid: Option<&'a str>,
+    pub thumbprint: &'a str,
+}
+
 /// A parsed JWKS: usable keys with their verifiers, and why the others were skipped.
 pub struct KeySet {
     keys: Vec<Key>,
@@ -136,15 +143,34 @@ impl KeySet {
         alg: Algorithm,
         kid: Option<&'a str>,
     ) -> impl Iterator<Item = &'a dyn JwsVerifier> + 'a {
+        self.indexed_candidates(alg, kid).map(|(_, v)| v)
+    }
+
+    /// [`KeySet::candidates`], each with the index of its key (for [`KeySet::describe`]).
+    pub fn indexed_candidates<'a>(
+        &'a self,
+        alg: Algorithm,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = (usize, &'a dyn JwsVerifier)> + 'a {
         self.keys
             .iter()
-            .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
-            .flat_map(move |k| {
+            .enumerate()
+            .filter(move |(_, k)| kid.is_none() || k.kid.as_deref() == kid)
+            .flat_map(move |(i, k)| {
                 k.verifiers
                     .iter()
                     .filter(move |(a, _)| *a == alg)
-                    .map(|(_, v)| v.as_ref())
+                    .map(move |(_, v)| (i, v.as_ref()))
             })
+    }
+
+    /// The public facts of the key at `index` (no key material): its `kid` and RFC 7638
+    /// thumbprint, for `tokengate explain`.
+    pub fn describe(&self, index: usize) -> Option<KeyFacts<'_>> {
+        self.keys.get(index).map(|k| KeyFacts {
+            kid: k.kid.as_deref(),
+            thumbprint: &k.thumbprint,
+        })
     }
 
     /// Whether some usable key has this kid (whatever its algorithms).

@@ -280,3 +280,27 @@ async fn run_stops_at_once_when_asked_while_the_issuer_is_unreachable() {
     assert!(!keys.is_ready());
     assert!(keys.last_error().is_some_and(|e| e.contains("discovery")));
 }
+
+#[tokio::test]
+async fn fixed_keys_are_ready_at_once_and_never_fetch() {
+    let doc = json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "kid": "saved",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    }]});
+    let set = KeySet::from_jwks(doc.to_string().as_bytes(), &Algorithm::DEFAULT).unwrap();
+    // An unreachable issuer: any fetch would fail and count as an error.
+    let keys = IssuerKeys::with_keys(issuer("http://127.0.0.1:1"), set).unwrap();
+    assert!(keys.is_ready());
+    assert_eq!(keys.keys().map(|k| k.len()), Some(1));
+    assert!(keys.refresh_for_unknown_kid().await.is_none());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(keys.clone().run(rx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.refresh_counts(), (0, 0), "nothing was fetched");
+    assert_eq!(keys.last_error(), None);
+}

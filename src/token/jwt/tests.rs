@@ -1081,3 +1081,54 @@ fn descriptions_and_reasons_are_plain_and_never_echo_claims() {
     let parsed = parse(&t).expect("parse");
     assert!(!format!("{parsed:?}").contains(secret_sub));
 }
+
+// ---- which key verified (`check_signed`, for `tokengate explain`) ----------------------------
+
+#[test]
+fn check_signed_names_the_key_that_verified_the_signature() {
+    let set = &keys().set_a;
+    let signed_by = |token: &str| {
+        let parsed = parse(token).expect("parse");
+        super::check_signed(
+            &parsed,
+            Some(set),
+            &issuer(),
+            NOW,
+            super::Profile::AccessToken,
+        )
+    };
+    // Without a kid, the second P-256 key of the set verifies: its index is reported.
+    let t = sign(
+        json!({"alg": "ES256"}),
+        claims(),
+        es256(&keys().p256_other).as_ref(),
+    );
+    let super::SignedBy::Key(index) = signed_by(&t).expect("verified") else {
+        panic!("an ES256 token is verified by a key, not a secret");
+    };
+    let facts = set.describe(index).expect("a key at that index");
+    assert_eq!(facts.kid, Some("ec-256-b"));
+    assert_eq!(facts.thumbprint.len(), 43);
+    // An HS256 token is verified by the issuer's secret.
+    let hs = sign(
+        json!({"alg": "HS256"}),
+        claims(),
+        &HS256.signer_from_bytes(SECRET).expect("hs256"),
+    );
+    let parsed = parse(&hs).expect("parse");
+    let by = super::check_signed(
+        &parsed,
+        None,
+        &hmac_issuer(SECRET),
+        NOW,
+        super::Profile::AccessToken,
+    );
+    assert_eq!(by, Ok(super::SignedBy::Secret));
+    // A failure is the same error `check` gives.
+    let expired = sign(
+        json!({"alg": "ES256", "kid": "ec-256"}),
+        with(claims(), json!({"exp": NOW - 3600})),
+        es256(&keys().p256).as_ref(),
+    );
+    assert_eq!(signed_by(&expired), Err(JwtError::Expired));
+}
