@@ -6,9 +6,9 @@
 //! - HTTP/2 (`protocol = "h2"`, per upstream or per route; gRPC needs it): `h2.rs`, few
 //!   connections multiplexing many streams, trailers both ways.
 //!
-//! Bodies are never buffered: the client's body is handed to the upstream request once it has
-//! started (`request_body.rs`), and the upstream's body is handed back to hyper, so memory stays
-//! flat whatever the size. The only timeout here is `upstream.timeout` (until response headers,
+//! Bodies are never buffered whole: the client's body is handed to the upstream request once it
+//! is here or its first 64 KiB are (`request_body.rs`), and the upstream's body is handed back to
+//! hyper, so memory stays flat whatever the size. The only timeout here is `upstream.timeout` (until response headers,
 //! shortened by a gRPC call's own `grpc-timeout`); a body may take as long as it takes, like
 //! Envoy's `timeout` on a route. A WebSocket upgrade is spliced once the upstream agreed to
 //! switch to `websocket` (`upgrade.rs`); any other `101` is a 502.
@@ -37,7 +37,7 @@ mod upgrade;
 
 use h2::{H2Body, H2Error, H2Limits, H2Pool};
 use pool::{Pool, PooledBody, SendError};
-use request_body::{is_client_body_error, NotStarted, RequestBody};
+use request_body::{is_client_body_error, NotReady, RequestBody};
 
 /// The pool of one upstream origin, in the protocol its routes speak.
 enum Pools {
@@ -51,8 +51,9 @@ pub struct UpstreamClient {
     /// origin and protocol share one pool.
     pools: Vec<(Arc<UpstreamTarget>, UpstreamProtocol, Pools)>,
     timeout: Duration,
-    /// How long a request body may take to start (`header_read_timeout`, see `request_body`).
-    body_start: Duration,
+    /// How long a request body may take to arrive, whole or its first part (`header_read_timeout`,
+    /// see `request_body`).
+    body_wait: Duration,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -66,13 +67,9 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     /// Builds the pools (nothing is dialled yet); fails when `ca_file` cannot be read or holds
-    /// no certificate. `body_start`: how long a request body may take to start before the
-    /// request gets 408.
-    pub fn new(
-        upstream: &Upstream,
-        routes: &[Route],
-        body_start: Duration,
-    ) -> Result<Self, String> {
+    /// no certificate. `body_wait`: how long a request body may take to arrive (whole, or its first
+    /// part) before the request gets 408.
+    pub fn new(upstream: &Upstream, routes: &[Route], body_wait: Duration) -> Result<Self, String> {
         let tls = tls::client_config(upstream)?;
         let connector = tls::connector(upstream, tls.clone());
         let tls = Arc::new(tls);
@@ -110,7 +107,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             pools,
             timeout: upstream.timeout,
-            body_start,
+            body_wait,
         })
     }
 
@@ -126,17 +123,16 @@ impl UpstreamClient {
             trailer_rules,
         } = req.into_outgoing();
         let (parts, body) = request.into_parts();
-        // An HTTP/1.1 upstream connection is the request's alone until it ends: it is taken
-        // only once the body has started. An HTTP/2 stream costs one of many multiplexed slots,
-        // and a gRPC stream whose server speaks first must not wait for the client.
+        // An upstream connection or stream is taken only once the body is here (or its first
+        // part is), except by a gRPC call, whose server may speak first (`request_body`).
         let wait = match protocol {
-            UpstreamProtocol::Http1 => Some(self.body_start),
-            UpstreamProtocol::Http2 => None,
+            UpstreamProtocol::Http2 if is_grpc(&parts.headers) => None,
+            _ => Some(self.body_wait),
         };
-        let body = match RequestBody::started(body, wait, Some(trailer_rules)).await {
+        let body = match RequestBody::ready(body, wait, Some(trailer_rules)).await {
             Ok(body) => body,
-            Err(NotStarted::TimedOut) => return Err(Rejection::RequestTimeout),
-            Err(NotStarted::Failed(error)) => {
+            Err(NotReady::TimedOut) => return Err(Rejection::RequestTimeout),
+            Err(NotReady::Failed(error)) => {
                 tracing::debug!(%error, "request body failed before it was forwarded");
                 return Err(bad_body());
             }
@@ -233,6 +229,13 @@ pub fn target_of<'a>(
     )
 }
 
+/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -321,7 +324,7 @@ impl BarePool {
     /// Sends an origin-form request and waits for response headers.
     pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
         let (parts, body) = req.into_parts();
-        let body = RequestBody::started(body, None, None).await.ok()?;
+        let body = RequestBody::ready(body, None, None).await.ok()?;
         let response = self.0.send(Request::from_parts(parts, body)).await.ok()?;
         Some(response.map(UpstreamBody::Http1))
     }

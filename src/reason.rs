@@ -38,7 +38,7 @@ pub enum Reason {
 
     BadRequest,
     HeaderTooLarge,
-    /// The request body did not start within `header_read_timeout` (408).
+    /// The request body did not arrive (whole, or its first part) within `header_read_timeout` (408).
     RequestTimeout,
     NoRoute,
     /// `[upstream].max_connections` reached (503).

@@ -48,7 +48,7 @@ pub enum Rejection {
     },
     /// 431: the request head exceeds `max_header_bytes`.
     HeaderTooLarge,
-    /// 408 `request_timeout`: the request body did not start within `header_read_timeout`
+    /// 408 `request_timeout`: the request body did not arrive within `header_read_timeout`
     /// (the connection is closed).
     RequestTimeout,
     /// 404 `no_route`.
@@ -166,7 +166,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest { description, .. } => Cow::Borrowed(description),
             Rejection::HeaderTooLarge => Cow::Borrowed("request head exceeds the size limit"),
-            Rejection::RequestTimeout => Cow::Borrowed("the request body did not start in time"),
+            Rejection::RequestTimeout => Cow::Borrowed("the request body did not arrive in time"),
             Rejection::NoRoute => Cow::Borrowed("no route matches this request"),
             Rejection::MissingToken => Cow::Borrowed("a bearer token is required"),
             Rejection::InvalidToken { description, .. } => Cow::Borrowed(description),

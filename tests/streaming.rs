@@ -424,8 +424,12 @@ async fn first_response_byte_reaches_the_client_before_the_upstream_finishes() {
     }
 }
 
-/// POST a body through the proxy: its first chunk must reach the upstream while the client is
-/// still holding back the rest.
+/// What the proxy reads of a request body before it involves the upstream (the README's
+/// "Framing" table: whole, or its first 64 KiB).
+const READ_AHEAD: usize = 64 * 1024;
+
+/// POST a body through the proxy: once its first 64 KiB are sent, they must reach the upstream
+/// while the client is still holding back the rest.
 async fn first_request_bytes_arrive_early(
     addr: SocketAddr,
     drip: &mut Drip,
@@ -442,9 +446,10 @@ async fn first_request_bytes_arrive_early(
         }
     );
     let (tx, body) = Channel::new();
+    let first = Bytes::from(vec![b'f'; READ_AHEAD]);
     let mut req = Request::post(format!("http://{addr}/sink"));
     if with_length {
-        req = req.header("content-length", FIRST.len() + REST.len());
+        req = req.header("content-length", first.len() + REST.len());
     }
     let req = req.body(body).expect("request");
     let answer = tokio::spawn(async move {
@@ -458,7 +463,8 @@ async fn first_request_bytes_arrive_early(
             .to_bytes();
         (status, body)
     });
-    tx.send(Bytes::from_static(FIRST)).await.expect("send");
+    let sent = first.len();
+    tx.send(first).await.expect("send");
     let first = tokio::time::timeout(WAIT, drip.first_bytes.recv()).await;
     // Finish the body either way, so a failure below does not hang.
     tx.send(Bytes::from_static(REST)).await.expect("send");
@@ -477,7 +483,7 @@ async fn first_request_bytes_arrive_early(
     assert_eq!(status, StatusCode::OK, "{what}");
     assert_eq!(
         body,
-        (FIRST.len() + REST.len()).to_string(),
+        (sent + REST.len()).to_string(),
         "{what}: the upstream received the whole body"
     );
 }

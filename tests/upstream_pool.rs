@@ -469,14 +469,16 @@ async fn an_upstream_that_answers_before_the_upload_ends_does_not_stall_other_re
     let (addr, connections, mut uploaded, task) = early_upstream().await;
     let proxy = Proxy::start(&catch_all(&format!("http://{addr}"), "")).await;
 
-    // The upload: a first chunk now, the rest about a second later.
+    // The upload: a first chunk now, the rest about a second later. The first chunk is the 64 KiB
+    // the proxy reads ahead before it involves the upstream; past it, the body streams.
+    const FIRST: usize = 64 * 1024;
     let (tx, body) = Channel::new();
     let client = Client::builder(TokioExecutor::new()).build_http::<Channel>();
     let req = Request::post(proxy.url("/upload"))
         .body(body)
         .expect("request");
     let started = tokio::time::Instant::now();
-    tx.send(Bytes::from_static(b"first chunk "))
+    tx.send(Bytes::from(vec![b'f'; FIRST]))
         .await
         .expect("send the first chunk");
     let response = tokio::time::timeout(WAIT, client.request(req))
@@ -517,7 +519,11 @@ async fn an_upstream_that_answers_before_the_upload_ends_does_not_stall_other_re
         .await
         .expect("the upstream did not receive the end of the upload within the bound")
         .expect("upload length");
-    assert_eq!(len, 24, "the upstream received a truncated upload");
+    assert_eq!(
+        len,
+        FIRST as u64 + 12,
+        "the upstream received a truncated upload"
+    );
 
     let third = get_within(&proxy, "/third").await;
     let body = String::from_utf8_lossy(&third.body);

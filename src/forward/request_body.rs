@@ -1,15 +1,17 @@
-//! The client's request body on its way upstream: streamed as it arrives, but only once it has
-//! started, and with its own failures told apart from the upstream's.
+//! The client's request body on its way upstream: its first [`PREFETCH_BYTES`] (or all of it,
+//! when shorter) read before an upstream connection is taken, the rest streamed as it arrives,
+//! and its own failures told apart from the upstream's.
 //!
-//! Why wait for the start (HTTP/1.1 upstreams): an upstream connection is a bounded resource
-//! (`[upstream].max_connections`), and an HTTP/1.1 one serves a single request at a time. A
-//! client that sends a request head and then no body would otherwise hold one for the whole
-//! `[upstream].timeout`, and a handful of such streams on one connection lock every other client
-//! out (503). So a request whose body has not begun (its first frame, or its end) within
-//! `header_read_timeout` gets 408 and never touches the upstream. A body that starts and then
-//! trickles is bounded by `[upstream].timeout` as before. An HTTP/2 upstream does not wait: a
-//! request there holds one of many multiplexed streams, and a gRPC call whose server speaks
-//! first must reach the server before the client says anything.
+//! Why read ahead: upstream connections and HTTP/2 streams are bounded (`[upstream]
+//! .max_connections`, the upstream's stream limit), and an HTTP/1.1 connection serves a single
+//! request at a time. A client that sends a request head and then no body, or one byte of it,
+//! would otherwise hold one for the whole `[upstream].timeout`, and a handful of such requests
+//! lock every other client out (503). So a request body must arrive whole, or reach
+//! `PREFETCH_BYTES`, within `header_read_timeout`, else 408 and the upstream is never touched
+//! (nginx buffers whole bodies for the same reason). Past that a body streams; keeping a slot
+//! then costs a client that much data per slot, and the wait for the response stays bounded
+//! by `[upstream].timeout`. The one exception is a gRPC call to an HTTP/2 upstream: its server
+//! may speak first (server streaming, bidirectional calls), so it is forwarded at once.
 //!
 //! Trailers: the body's trailer fields (HTTP/1.1 chunked, HTTP/2) are scrubbed as they pass, by
 //! the same rules as the request head (`scrub::request_trailers`): a client must not be able to
@@ -20,6 +22,7 @@
 //! [`ClientBodyError`] lets the forwarder find them in the error's cause chain and answer 400 (the
 //! client's fault) instead of 502 (the upstream's), and log them as such.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,10 +35,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::scrub::{self, ScrubRules};
 
-/// A request body that has started.
+/// How much of a body is read before the upstream is involved (module docs). Large enough that a
+/// slot costs a client real data, small enough that holding it per request is cheap; most API
+/// request bodies are smaller and arrive whole.
+pub const PREFETCH_BYTES: usize = 64 * 1024;
+
+/// A request body ready to go upstream.
 pub struct RequestBody {
-    /// The frame read while waiting for the start, handed out first.
-    first: Option<Frame<Bytes>>,
+    /// The frames read ahead (already scrubbed), handed out first.
+    ahead: VecDeque<Frame<Bytes>>,
     rest: Incoming,
     /// What trailer fields may not pass (`scrub::request_trailers`); `None` passes them as sent
     /// (the benchmark's bare pool only).
@@ -58,38 +66,50 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
-/// Why a body did not start.
-pub enum NotStarted {
-    /// Nothing arrived within the wait.
+/// Why a body is not ready.
+pub enum NotReady {
+    /// It did not arrive (whole, or its first `PREFETCH_BYTES`) within the wait.
     TimedOut,
     Failed(ClientBodyError),
 }
 
 impl RequestBody {
-    /// Waits up to `wait` for `body` to start (module docs); `None` does not wait (an HTTP/2
-    /// upstream). A body already known to be empty (no `Content-Length`/`Transfer-Encoding`,
-    /// `Content-Length: 0`, HTTP/2 `END_STREAM` on the head) does not wait either.
-    pub async fn started(
+    /// Reads `body` ahead for up to `wait` (module docs); `None` does not wait (a gRPC call to
+    /// an HTTP/2 upstream). A body already known to be empty (no `Content-Length`/
+    /// `Transfer-Encoding`, `Content-Length: 0`, HTTP/2 `END_STREAM` on the head) is ready at
+    /// once.
+    pub async fn ready(
         body: Incoming,
         wait: Option<Duration>,
         trailer_rules: Option<Arc<ScrubRules>>,
-    ) -> Result<RequestBody, NotStarted> {
-        let mut started = RequestBody {
-            first: None,
+    ) -> Result<RequestBody, NotReady> {
+        let mut ready = RequestBody {
+            ahead: VecDeque::new(),
             rest: body,
             trailer_rules,
         };
-        let Some(wait) = wait.filter(|_| !started.rest.is_end_stream()) else {
-            return Ok(started);
+        let Some(wait) = wait.filter(|_| !ready.rest.is_end_stream()) else {
+            return Ok(ready);
         };
-        match tokio::time::timeout(wait, started.rest.frame()).await {
-            Err(_) => Err(NotStarted::TimedOut),
-            Ok(Some(Err(error))) => Err(NotStarted::Failed(ClientBodyError(error))),
-            Ok(first) => {
-                started.first = first.and_then(Result::ok).map(|f| started.scrubbed(f));
-                Ok(started)
-            }
+        match tokio::time::timeout(wait, ready.read_ahead()).await {
+            Err(_) => Err(NotReady::TimedOut),
+            Ok(Err(error)) => Err(NotReady::Failed(ClientBodyError(error))),
+            Ok(Ok(())) => Ok(ready),
         }
+    }
+
+    /// Reads frames until the body ends or `PREFETCH_BYTES` of data are here.
+    async fn read_ahead(&mut self) -> Result<(), hyper::Error> {
+        let mut bytes = 0;
+        while bytes < PREFETCH_BYTES && !self.rest.is_end_stream() {
+            let Some(frame) = self.rest.frame().await.transpose()? else {
+                break;
+            };
+            bytes += frame.data_ref().map_or(0, Buf::remaining);
+            let frame = self.scrubbed(frame);
+            self.ahead.push_back(frame);
+        }
+        Ok(())
     }
 
     fn scrubbed(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
@@ -109,8 +129,8 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
+        if let Some(frame) = this.ahead.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
         }
         Pin::new(&mut this.rest)
             .poll_frame(cx)
@@ -118,15 +138,20 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
+        self.ahead.is_empty() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         let rest = self.rest.size_hint();
-        let Some(data) = self.first.as_ref().and_then(Frame::data_ref) else {
+        if self.ahead.is_empty() {
             return rest;
-        };
-        let n = data.remaining() as u64;
+        }
+        let n: u64 = self
+            .ahead
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|data| data.remaining() as u64)
+            .sum();
         // Built anew: `SizeHint` panics when a lower bound passes the upper one in between.
         let mut hint = SizeHint::new();
         if let Some(upper) = rest.upper() {

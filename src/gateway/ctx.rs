@@ -41,9 +41,7 @@ impl RequestCtx {
             start: Instant::now(),
             span,
             route: None,
-            grpc: headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc: crate::forward::is_grpc(headers),
         }
     }
 
