@@ -27,6 +27,12 @@
 //!    in a task of its own so a leader whose client hangs up does not fail the waiters. The task
 //!    caches the result before publishing it.
 //!
+//! 4. **Bounded calls**: at most [`MAX_CALLS_IN_FLIGHT`] calls are open at once. Any random
+//!    string is a new token, so without a bound one unauthenticated client could make the proxy
+//!    open a socket (and spend its client credentials' rate limit) per request. A call waits for
+//!    a free slot up to the issuer's `fetch_timeout`, then fails like an unreachable endpoint
+//!    (503; never an accept). Cached answers are served all the same.
+//!
 //! Caching (`cache.rs`), keyed by (issuer index, SHA-256 of the whole token), never the raw
 //! token: active answers for `min(cache_ttl, exp - now)` (the answer's `exp`, or the implied one,
 //! see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never. Active answers are
@@ -60,7 +66,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::{DashMap, DashSet};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -94,6 +100,11 @@ pub const ACTIVE_ENTRIES: usize = 100_000;
 
 /// Bound of the `active: false` cache: an entry is a key and an expiry (~100 B), so ~10 MiB.
 pub const INACTIVE_ENTRIES: usize = 100_000;
+
+/// Introspection calls open at once, all issuers together (module docs, step 4): well above what
+/// real traffic needs (a call takes milliseconds and answers are cached), well below a file
+/// descriptor limit or an issuer's patience.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// Parsed claims kept for the most recently used active answers.
 pub const PARSED_ENTRIES: usize = 512;
@@ -159,6 +170,8 @@ pub struct Introspector {
     /// (answer serial, its parsed claims) for recently used answers; emptied when full.
     parsed: DashMap<Key, (u64, Arc<Claims>), DigestHash>,
     flights: Flights<Fetched>,
+    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]).
+    calls: Semaphore,
     stats: Stats,
     /// Issuers already reported (at error level) as having no introspection endpoint.
     warned_no_endpoint: DashSet<usize>,
@@ -209,6 +222,7 @@ impl Introspector {
             inactive: Cache::new(inactive),
             parsed: DashMap::default(),
             flights: Flights::new(),
+            calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             stats: Stats {
                 metrics,
                 ..Stats::default()
@@ -421,6 +435,15 @@ impl Introspector {
         let Some(endpoint) = call.issuer.introspection_endpoint() else {
             self.stats.call(IntrospectionOutcome::Error);
             self.report_no_endpoint(call.key.0, issuer_id);
+            return Fetched::Failed;
+        };
+        let Ok(Ok(_slot)) = tokio::time::timeout(config.fetch_timeout, self.calls.acquire()).await
+        else {
+            self.stats.call(IntrospectionOutcome::Error);
+            tracing::error!(
+                issuer = issuer_id,
+                "introspection call not made: {MAX_CALLS_IN_FLIGHT} calls were in flight for the whole fetch_timeout"
+            );
             return Fetched::Failed;
         };
         let answer = client::call(&call.issuer, &endpoint, settings, &call.token).await;
