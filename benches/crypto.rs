@@ -184,7 +184,7 @@ fn dpop(c: &mut Criterion) {
         replay_cache_entries: 100_000,
         require_nonce: false,
     };
-    let checker = DpopChecker::new(&settings).expect("checker");
+    let checker = DpopChecker::new(&settings, Duration::ZERO).expect("checker");
     let mut group = c.benchmark_group("dpop");
 
     // Baseline: the ES256 verification inside every ES256 proof check, verifier prebuilt.

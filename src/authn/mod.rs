@@ -141,10 +141,20 @@ impl Authenticator {
         previous: Option<&Authenticator>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
+        let max_skew = config
+            .issuers
+            .iter()
+            .map(|i| i.clock_skew)
+            .max()
+            .unwrap_or_default();
         let dpop = match previous {
-            Some(p) => Arc::new(p.senders.dpop().reconfigured(&config.dpop)),
+            Some(p) => Arc::new(
+                p.senders
+                    .dpop()
+                    .reconfigured(&config.dpop, max_skew, unix_now()),
+            ),
             None => Arc::new(
-                DpopChecker::new(&config.dpop)
+                DpopChecker::new(&config.dpop, max_skew)
                     .map_err(|e| format!("no randomness for DPoP nonces: {e}"))?,
             ),
         };

@@ -34,6 +34,7 @@ pub mod verifiers;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -74,6 +75,9 @@ pub struct DpopChecker {
     /// `[dpop].algorithms`, HS* removed whatever the configuration says.
     algorithms: Vec<Algorithm>,
     max_age_secs: i64,
+    /// The largest issuer `clock_skew`: a replay record is kept for `max_age` plus this, so
+    /// every record outlives the window of any issuer's tokens (see [`Self::reconfigured`]).
+    max_skew_secs: i64,
     require_nonce: bool,
     replay: Arc<ReplayStore>,
     nonces: Arc<NonceSource>,
@@ -120,29 +124,47 @@ pub struct Proven {
 }
 
 impl DpopChecker {
-    /// A checker with empty state (a fresh nonce secret). `Err` only when the OS has no
-    /// randomness for the nonce secret.
-    pub fn new(settings: &Dpop) -> Result<DpopChecker, getrandom::Error> {
-        Ok(DpopChecker::assemble(
+    /// A checker with empty state (a fresh nonce secret); `max_skew` is the largest issuer
+    /// `clock_skew`. `Err` only when the OS has no randomness for the nonce secret.
+    pub fn new(settings: &Dpop, max_skew: Duration) -> Result<DpopChecker, getrandom::Error> {
+        let mut checker = DpopChecker::assemble(
             settings,
             Arc::new(ReplayStore::new(settings.replay_cache_entries)),
             Arc::new(NonceSource::new(settings.max_age)?),
             Arc::new(VerifierCache::new(verifiers::DEFAULT_MAX_KEYS)),
-        ))
+        );
+        checker.max_skew_secs = secs(max_skew);
+        Ok(checker)
     }
 
     /// The checker of a new configuration generation that keeps this one's state: the replay
     /// records (resized to the new `replay_cache_entries`, shared with this checker so in-flight
     /// requests of the old generation record into the same place), the nonce secret (nonces
     /// already handed out stay valid unless `max_age` changes their period) and the verifiers.
-    pub fn reconfigured(&self, settings: &Dpop) -> DpopChecker {
+    ///
+    /// A longer window (`max_age` plus the largest `clock_skew`) must not revive used proofs:
+    /// live records are kept longer by the difference, and a proof old enough that its record
+    /// may already have been dropped under the old window is refused as stale from now on
+    /// ([`ReplayStore::widen`]).
+    pub fn reconfigured(&self, settings: &Dpop, max_skew: Duration, now_unix: i64) -> DpopChecker {
         self.replay.set_capacity(settings.replay_cache_entries);
-        DpopChecker::assemble(
+        let mut checker = DpopChecker::assemble(
             settings,
             Arc::clone(&self.replay),
             Arc::new(self.nonces.reconfigured(settings.max_age)),
             Arc::clone(&self.verifiers),
-        )
+        );
+        checker.max_skew_secs = secs(max_skew);
+        let (old, new) = (self.retention_secs(), checker.retention_secs());
+        if new > old {
+            self.replay.widen(new - old, now_unix.saturating_sub(old));
+        }
+        checker
+    }
+
+    /// How long after its `iat` a proof's replay record is kept.
+    fn retention_secs(&self) -> i64 {
+        self.max_age_secs.saturating_add(self.max_skew_secs)
     }
 
     /// A checker over the given state (tests, and later a shared replay store or nonce source).
@@ -159,7 +181,8 @@ impl DpopChecker {
                 .copied()
                 .filter(|a| !a.is_hmac())
                 .collect(),
-            max_age_secs: i64::try_from(settings.max_age.as_secs()).unwrap_or(i64::MAX),
+            max_age_secs: secs(settings.max_age),
+            max_skew_secs: 0,
             require_nonce: settings.require_nonce,
             replay,
             nonces,
@@ -313,8 +336,9 @@ impl DpopChecker {
     }
 
     /// `iat` must lie in `[now - max_age - skew, now + skew]` (a fraction rounded against the
-    /// proof in each direction). Returns when the proof's replay record may be forgotten: the
-    /// first second at which this `iat` is stale.
+    /// proof in each direction), and not before the replay store's horizon. Returns when the
+    /// proof's replay record may be forgotten: the first second at which this `iat` is stale
+    /// for every issuer (the largest skew).
     fn check_iat(
         &self,
         claims: &Map<String, Value>,
@@ -334,7 +358,13 @@ impl DpopChecker {
         if latest > now.saturating_add(skew) {
             return Err(ProofError::Future);
         }
-        Ok(valid_until.saturating_add(1))
+        if earliest < self.replay.horizon() {
+            return Err(ProofError::Stale);
+        }
+        Ok(earliest
+            .saturating_add(self.max_age_secs)
+            .saturating_add(skew.max(self.max_skew_secs))
+            .saturating_add(1))
     }
 }
 
@@ -352,6 +382,10 @@ struct Fresh<'c> {
     jti: &'c str,
     /// Unix second from which the proof's `iat` is stale, so its record may go.
     forget_at: i64,
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The value of the one `DPoP` header, as text.

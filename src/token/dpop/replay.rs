@@ -6,6 +6,11 @@
 //! the same key is still the same proof. A record lives exactly as long as its proof could still
 //! pass the `iat` check (the caller computes that instant), then it is forgotten.
 //!
+//! A reload may lengthen the window (`max_age`, `clock_skew`). Then live records are kept longer
+//! by the difference, and the store's *horizon* moves up to the oldest `iat` whose records are
+//! certainly still here: a proof older than that may have been used and forgotten under the old
+//! window, so it is refused (as stale) rather than accepted a second time ([`ReplayStore::widen`]).
+//!
 //! Bounded: at most `capacity` live records. When every slot holds a live record, a new proof
 //! cannot be checked, and a replay check that cannot run never passes: [`ReplayError::Full`]
 //! (the caller answers 503). Expired records are purged from a min-heap ordered by expiry, a
@@ -18,7 +23,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest, Sha256};
@@ -62,6 +67,8 @@ pub enum ReplayError {
 pub struct ReplayStore {
     /// The bound, changeable on reload ([`ReplayStore::set_capacity`]).
     capacity: AtomicUsize,
+    /// Proofs whose `iat` is before this unix second are refused: their records may be gone.
+    horizon: AtomicI64,
     inner: Mutex<Inner>,
 }
 
@@ -88,6 +95,7 @@ impl ReplayStore {
     pub fn new(capacity: usize) -> ReplayStore {
         ReplayStore {
             capacity: AtomicUsize::new(capacity.max(1)),
+            horizon: AtomicI64::new(i64::MIN),
             inner: Mutex::new(Inner {
                 seen: HashSet::new(),
                 by_expiry: BinaryHeap::new(),
@@ -104,6 +112,24 @@ impl ReplayStore {
     /// forgetting proofs that could be replayed.
     pub fn set_capacity(&self, capacity: usize) {
         self.capacity.store(capacity.max(1), Ordering::Relaxed);
+    }
+
+    /// The earliest `iat` a proof may have (see the module documentation).
+    pub fn horizon(&self) -> i64 {
+        self.horizon.load(Ordering::Relaxed)
+    }
+
+    /// The window grew by `extra_secs`: every live record is kept that much longer, and proofs
+    /// issued before `horizon` (whose records the old window may already have dropped) are
+    /// refused from now on. Rebuilds the expiry heap once, under the lock.
+    pub fn widen(&self, extra_secs: i64, horizon: i64) {
+        let mut inner = self.lock();
+        self.horizon.fetch_max(horizon, Ordering::Relaxed);
+        let heap = std::mem::take(&mut inner.by_expiry);
+        inner.by_expiry = heap
+            .into_iter()
+            .map(|Reverse((expires_at, key))| Reverse((expires_at.saturating_add(extra_secs), key)))
+            .collect();
     }
 
     /// Records the proof `key` until `expires_at` (unix seconds; the record is gone once `now`
@@ -268,6 +294,20 @@ mod tests {
         assert_eq!(store.record(key(0), 100, 1), Err(ReplayError::Replayed));
         assert_eq!(store.record(key(7), 100, 1), Err(ReplayError::Full));
         assert_eq!(store.record(key(7), 200, 100), Ok(()));
+    }
+
+    #[test]
+    fn widening_keeps_live_records_longer_and_raises_the_horizon() {
+        let store = ReplayStore::new(10);
+        assert_eq!(store.record(key(1), 100, 0), Ok(()));
+        store.widen(300, 40);
+        assert_eq!(store.horizon(), 40);
+        // Without the widening the record would be gone at 100.
+        assert_eq!(store.record(key(1), 700, 150), Err(ReplayError::Replayed));
+        assert_eq!(store.record(key(1), 700, 400), Ok(()));
+        // The horizon never moves back.
+        store.widen(1, 10);
+        assert_eq!(store.horizon(), 40);
     }
 
     #[test]

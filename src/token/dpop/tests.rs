@@ -866,9 +866,41 @@ fn reconfigured_checker_remembers_used_proofs() {
     assert!(Req::new(&p).check(&old, NOW).is_ok());
     let mut s = settings();
     s.replay_cache_entries = 500;
-    let new = old.reconfigured(&s);
+    let new = old.reconfigured(&s, Duration::from_secs(SKEW as u64), NOW);
     assert_eq!(Req::new(&p).check(&new, NOW), Err(ProofError::Replayed));
     assert_eq!(new.replay_store().capacity(), 500);
+}
+
+#[test]
+fn used_proof_stays_used_after_a_reload_that_lengthens_max_age() {
+    let old = checker();
+    let p = proof(&Es256::new(1), "a");
+    assert!(Req::new(&p).check(&old, NOW).is_ok());
+    let mut s = settings();
+    s.max_age = Duration::from_secs(600);
+    let new = old.reconfigured(&s, Duration::from_secs(SKEW as u64), NOW + 1);
+    // Past the old window (60 s + skew), inside the new one: still a replay.
+    let later = NOW + 60 + SKEW + 30;
+    assert_eq!(Req::new(&p).check(&new, later), Err(ProofError::Replayed));
+}
+
+#[test]
+fn proof_older_than_the_old_window_is_stale_after_a_reload_that_lengthens_it() {
+    let old = checker();
+    let mut s = settings();
+    s.max_age = Duration::from_secs(600);
+    let reload_at = NOW + 200;
+    let new = old.reconfigured(&s, Duration::from_secs(SKEW as u64), reload_at);
+    // Issued before the reload minus the old window: if it was used then, its record is gone.
+    let key = Es256::new(1);
+    let early = sign(&key, &header_for(&key), &claims_at("e", NOW));
+    assert_eq!(
+        Req::new(&early).check(&new, reload_at),
+        Err(ProofError::Stale)
+    );
+    // A proof issued inside the old window at the reload is checked as usual.
+    let recent = sign(&key, &header_for(&key), &claims_at("r", reload_at - 30));
+    assert!(Req::new(&recent).check(&new, reload_at).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------------
