@@ -7,7 +7,8 @@
 //!   unbound token is refused with a `DPoP` challenge, so the client learns which scheme to use.
 //! - A token presented as `DPoP`: it must carry `cnf.jkt`, and the request's one `DPoP` header
 //!   must be a valid proof by that key for this very request (`token::dpop` runs RFC 9449
-//!   §4.3's checks; this file works out the URI the client addressed).
+//!   §4.3's checks; this file works out the URI the client addressed). A token that is also
+//!   bound to a client certificate (`cnf` with both) needs that certificate too.
 //!
 //! The same rules hold for a JWT and for an opaque token whose introspection answer has `cnf`.
 
@@ -135,6 +136,17 @@ impl Senders {
                 "the token is not bound to a DPoP key; send it with the Bearer scheme",
             ));
         };
+        // Every binding the issuer put in the token must hold: a token also bound to a client
+        // certificate needs that certificate as well as the proof.
+        if let Some(bound) = claims.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
+            if bound.as_str().is_none() || bound.as_str() != inbound.conn.client_cert.as_deref() {
+                return Err(self.challenge(
+                    DpopError::InvalidToken,
+                    Reason::SenderConstraint,
+                    "token is bound to a TLS client certificate this connection did not present",
+                ));
+            }
+        }
         let (scheme, authority) = self.addressed(inbound);
         let request = ProofRequest {
             headers: &inbound.parts.headers,
