@@ -253,7 +253,9 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
 /// Scrubs the trailer fields of a request body (HTTP/1.1 chunked or HTTP/2 trailers) before they
 /// go upstream: whatever the head may not carry from a client, a trailer may not either (an
 /// HTTP/2 upstream would see `x-auth-subject` as a trailer just as well), and neither may the
-/// fields RFC 9110 §6.5.1 keeps out of trailers (framing, routing, authentication).
+/// fields RFC 9110 §6.5.1 keeps out of trailers (framing, routing, authentication), nor the
+/// trace context tokengate writes into the head (`traceparent`, `tracestate`: the upstream must
+/// see tokengate's span as the parent, not a value the client chose).
 pub fn request_trailers(trailers: &mut HeaderMap, rules: &ScrubRules) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in trailers.keys() {
@@ -264,7 +266,10 @@ pub fn request_trailers(trailers: &mut HeaderMap, rules: &ScrubRules) {
             || name == header::CONTENT_LENGTH
             || name == header::CONTENT_TYPE
             || name == header::CONTENT_ENCODING
+            || name == header::COOKIE
             || name == FORWARDED
+            || name.as_str() == "traceparent"
+            || name.as_str() == "tracestate"
         {
             doomed.push(name.clone());
         }

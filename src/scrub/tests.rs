@@ -124,6 +124,12 @@ fn trailer_fields_that_could_pass_for_identity_or_steer_the_hop_are_removed() {
         ("X-Forwarded-For", "1.2.3.4"),
         ("Content-Length", "5"),
         ("Transfer-Encoding", "chunked"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "attacker=chosen"),
+        ("Cookie", "session=other"),
         ("grpc-status", "0"),
         ("X-Checksum", "abc"),
     ]);
