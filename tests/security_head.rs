@@ -18,41 +18,24 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::json;
 
-use support::echo::Echo;
-use support::gate::Gate;
+use support::gate::World;
 use support::h2raw::{self, describe, H2Answer, H2Client, RawFrame, DATA};
-use support::issuer::MockIssuer;
 use support::wire::{self, head_end, Reply};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Fixture {
-    _echo: Echo,
-    issuer: MockIssuer,
-    gate: Gate,
-}
+type Fixture = World;
 
 /// `/req…` needs a token, `/scoped…` a token with scope `admin`, `/pub…` is public; nothing else
 /// is routed.
 async fn start() -> Fixture {
-    let echo = Echo::start().await;
-    let issuer = MockIssuer::start().await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n\
-         [[route]]\nid = \"req\"\npath_prefix = \"/req\"\nauth = \"required\"\n\n\
-         [[route]]\nid = \"scoped\"\npath_prefix = \"/scoped\"\nauth = \"required\"\n\
-         scopes = [\"admin\"]\n\n\
-         [[route]]\nid = \"pub\"\npath_prefix = \"/pub\"\nauth = \"public\"\n",
-        echo.addr,
-        issuer.config_toml("corp", &["api"])
-    );
-    let gate = Gate::start_ready(&toml).await;
-    Fixture {
-        _echo: echo,
-        issuer,
-        gate,
-    }
+    World::start(
+        "[[route]]\nid = \"req\"\npath_prefix = \"/req\"\nauth = \"required\"\n\n\
+        [[route]]\nid = \"scoped\"\npath_prefix = \"/scoped\"\nauth = \"required\"\n\
+        scopes = [\"admin\"]\n\n\
+        [[route]]\nid = \"pub\"\npath_prefix = \"/pub\"\nauth = \"public\"\n",
+    )
+    .await
 }
 
 /// One HEAD case: target, whether to send a (scope-less) token, the status expected, and

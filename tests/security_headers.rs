@@ -16,10 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
-use support::echo::{Echo, Seen};
-use support::gate::Gate;
+use support::echo::Seen;
+use support::gate::World;
 use support::h2raw::{self, H2Client};
-use support::issuer::MockIssuer;
 use support::wire;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -53,27 +52,16 @@ const HOP_HEADERS: [&str; 2] = ["Proxy-Authorization", "HTTP2-Settings"];
 const FORWARDED_UNDERSCORE: [&str; 3] =
     ["X_Forwarded_Host", "X_Forwarded_For", "X_Forwarded_Proto"];
 
-struct Fixture {
-    echo: Echo,
-    issuer: MockIssuer,
-    gate: Gate,
-}
+type Fixture = World;
 
 /// `/authn…` needs a token, everything else is public; no `strip_header_prefixes`, no trusted
 /// proxies.
 async fn start() -> Fixture {
-    let echo = Echo::start().await;
-    let issuer = MockIssuer::start().await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n\
-         [[route]]\nid = \"authn\"\npath_prefix = \"/authn\"\nauth = \"required\"\n\n\
-         [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
-        echo.addr,
-        issuer.config_toml("corp", &["api"])
-    );
-    let gate = Gate::start_ready(&toml).await;
-    Fixture { echo, issuer, gate }
+    World::start(
+        "[[route]]\nid = \"authn\"\npath_prefix = \"/authn\"\nauth = \"required\"\n\n\
+        [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
+    )
+    .await
 }
 
 /// `name` with `-` read as `_`, in the given case.

@@ -16,40 +16,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use support::echo::{Echo, Seen};
-use support::gate::Gate;
+use support::echo::Seen;
+use support::gate::World;
 use support::h2raw::{self, H2Client};
-use support::issuer::MockIssuer;
 use support::wire::{self, Reply};
 
 /// Upper bound for one exchange; the proxy answers long before.
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Fixture {
-    echo: Echo,
-    _issuer: MockIssuer,
-    gate: Gate,
-}
+type Fixture = World;
 
 /// `/admin/…` on `admin.example.com` needs a token; everything else is public.
 async fn start() -> Fixture {
-    let echo = Echo::start().await;
-    let issuer = MockIssuer::start().await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n\
-         [[route]]\nid = \"admin\"\nhost = \"admin.example.com\"\npath_prefix = \"/admin\"\n\
-         auth = \"required\"\n\n\
-         [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
-        echo.addr,
-        issuer.config_toml("corp", &["api"])
-    );
-    let gate = Gate::start_ready(&toml).await;
-    Fixture {
-        echo,
-        _issuer: issuer,
-        gate,
-    }
+    World::start(
+        "[[route]]\nid = \"admin\"\nhost = \"admin.example.com\"\npath_prefix = \"/admin\"\n\
+        auth = \"required\"\n\n\
+        [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
+    )
+    .await
 }
 
 impl Fixture {

@@ -15,41 +15,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use support::echo::Echo;
-use support::gate::Gate;
+use support::gate::World;
 use support::h2raw::{self, H2Client};
-use support::issuer::MockIssuer;
 use support::wire;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Fixture {
-    echo: Echo,
-    _issuer: MockIssuer,
-    gate: Gate,
-}
+type Fixture = World;
 
 /// `DELETE /orders…` and `GET /reads…` need a token; everything else is public.
 async fn start() -> Fixture {
-    let echo = Echo::start().await;
-    let issuer = MockIssuer::start().await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n\
-         [[route]]\nid = \"orders-delete\"\npath_prefix = \"/orders\"\nmethods = [\"DELETE\"]\n\
-         auth = \"required\"\n\n\
-         [[route]]\nid = \"reads\"\npath_prefix = \"/reads\"\nmethods = [\"GET\"]\n\
-         auth = \"required\"\n\n\
-         [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
-        echo.addr,
-        issuer.config_toml("corp", &["api"])
-    );
-    let gate = Gate::start_ready(&toml).await;
-    Fixture {
-        echo,
-        _issuer: issuer,
-        gate,
-    }
+    World::start(
+        "[[route]]\nid = \"orders-delete\"\npath_prefix = \"/orders\"\nmethods = [\"DELETE\"]\n\
+        auth = \"required\"\n\n\
+        [[route]]\nid = \"reads\"\npath_prefix = \"/reads\"\nmethods = [\"GET\"]\n\
+        auth = \"required\"\n\n\
+        [[route]]\nid = \"public\"\npath_prefix = \"/\"\nauth = \"public\"\n",
+    )
+    .await
 }
 
 impl Fixture {

@@ -81,3 +81,27 @@ pub fn startup_admin_addr(log: &str) -> Option<SocketAddr> {
     let value = line[start..].split_whitespace().next()?;
     value.trim_matches('"').parse().ok()
 }
+
+/// The usual black-box world: an echo upstream, a mock issuer `corp` (audience `api`) and the
+/// proxy in front of them, ready, with `routes` (TOML `[[route]]` tables) after the common
+/// sections.
+pub struct World {
+    pub echo: super::echo::Echo,
+    pub issuer: super::issuer::MockIssuer,
+    pub gate: Gate,
+}
+
+impl World {
+    pub async fn start(routes: &str) -> World {
+        let echo = super::echo::Echo::start().await;
+        let issuer = super::issuer::MockIssuer::start().await;
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n{routes}",
+            echo.addr,
+            issuer.config_toml("corp", &["api"])
+        );
+        let gate = Gate::start_ready(&toml).await;
+        World { echo, issuer, gate }
+    }
+}
