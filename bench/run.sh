@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of tokengate against no proxy and a bare hyper forwarder (issue 8), plus
-# a gRPC unary row (h2load) through tokengate against the same gRPC service direct.
+# Side-by-side benchmark of tokengate against no proxy and a bare hyper forwarder (issue 8), a
+# DPoP row and a warm introspection row (issue 16), plus a gRPC unary row (h2load) through
+# tokengate against the same gRPC service direct.
 #
 #   bench/run.sh            # full run: 3 interleaved rounds, 10 s per row at c=64, 5 s at c=1
 #   bench/run.sh --quick    # smoke test: 1 round, 1 s per row, c=8, few tokens (numbers meaningless)
 #   bench/run.sh --help     # every option
 #
-# Builds in release mode, installs wrk and h2load (and taskset, curl) when missing, starts every process on
+# Builds in release mode, installs wrk and h2load (and taskset, curl, openssl) when missing, starts every process on
 # 127.0.0.1 with free ports, runs the rows interleaved, measures memory, runs the crypto
 # micro-benchmark, prints Markdown tables, and stops every process it started. See bench/README.md.
 set -euo pipefail
@@ -27,6 +28,7 @@ CRYPTO=1
 MEMORY=1
 WARMUP=1
 KEEP=0
+DPOP_MAX_AGE=
 LOG_LEVEL=${TOKENGATE_LOG:-info}
 LOAD_CPUS=${LOAD_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
@@ -40,6 +42,7 @@ usage: bench/run.sh [options]
   --latency-duration S  seconds per row at c=1 (default: half of --duration, at least 1)
   --conns N             connections of the throughput runs (default $CONNS)
   --tokens N            tokens pre-minted for row 5 (default $TOKENS)
+  --dpop-max-age S      [dpop].max_age of row 10 in seconds (default: 300, or 3 × --duration + 60 if more)
   --idle-conns N        idle keep-alive connections for the memory test (default $IDLE_CONNS)
   --stream-mib N        MiB streamed each way for the peak-RSS test (default $STREAM_MIB)
   --log-level L         TOKENGATE_LOG of the tokengate processes (default: info, the production default)
@@ -61,6 +64,7 @@ while [ $# -gt 0 ]; do
     --latency-duration) LAT_DURATION=$2; shift ;;
     --conns) CONNS=$2; shift ;;
     --tokens) TOKENS=$2; shift ;;
+    --dpop-max-age) DPOP_MAX_AGE=$2; shift ;;
     --idle-conns) IDLE_CONNS=$2; shift ;;
     --stream-mib) STREAM_MIB=$2; shift ;;
     --log-level) LOG_LEVEL=$2; shift ;;
@@ -75,6 +79,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -n "$LAT_DURATION" ] || LAT_DURATION=$(( DURATION / 2 > 0 ? DURATION / 2 : 1 ))
+# Row 10's proofs are made just before each run, so the oldest one used is about a run (plus its
+# making) old; the default leaves ample room.
+[ -n "$DPOP_MAX_AGE" ] || DPOP_MAX_AGE=$(( 3 * DURATION + 60 > 300 ? 3 * DURATION + 60 : 300 ))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "bench: $*"; exit 1; }
@@ -85,6 +92,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # row 10: a proof's ath (SHA-256 of the token)
 # h2load (the gRPC rows) is optional: without it and without root, those rows are n/a.
 H2LOAD_MISSING=
 if ! command -v h2load >/dev/null 2>&1; then
@@ -186,7 +194,7 @@ mib() { awk -v kb="${1:-0}" 'BEGIN { printf "%.1f MiB", kb / 1024 }'; }
 
 # ------------------------------------------------------------------------------------------------
 # Ports, keys, tokens
-mapfile -t PORTS < <("$BIN/bench-issuer" ports 23)
+mapfile -t PORTS < <("$BIN/bench-issuer" ports 27)
 P_UP=${PORTS[0]}; P_ISS=${PORTS[1]}; P_BARE=${PORTS[2]}; P_BARE_POOL=${PORTS[19]}
 P_GRPC=${PORTS[20]}; P_TG_GRPC=${PORTS[21]}; P_TG_GRPC_ADMIN=${PORTS[22]}
 ISSUER_URL="http://127.0.0.1:$P_ISS"
@@ -197,6 +205,14 @@ say "minting $TOKENS RS256 tokens ..."
   --count "$TOKENS" --out "$WORK/tokens.txt"
 ONE_TOKEN=$(head -n 1 "$WORK/tokens.txt")
 echo 0 >"$WORK/token-state"
+
+# Row 10: one token bound (cnf.jkt) to a P-256 key, and the ath its proofs carry.
+"$BIN/bench-issuer" mint --key "$WORK/issuer-rsa.pem" --issuer "$ISSUER_URL" --count 1 \
+  --dpop-key "$WORK/dpop-p256.pem" --out "$WORK/dpop-token.txt"
+DPOP_TOKEN=$(head -n 1 "$WORK/dpop-token.txt")
+DPOP_ATH=$(printf '%s' "$DPOP_TOKEN" | openssl dgst -sha256 -binary | base64 -w0 | tr '+/' '-_' | tr -d '=')
+# Row 11: an opaque token; bench-issuer's /introspect vouches for it with user 0's claims.
+OPAQUE_TOKEN=bench-opaque-0
 
 IDENTITY_MISSING=
 if "$BIN/tokengate" keygen --help >/dev/null 2>&1; then
@@ -223,9 +239,15 @@ DESC[6]="same as 4 + 10 claim rules (regex, JSON Pointer)"
 DESC[7]="same as 4 + userinfo = true, warm cache"
 DESC[8]="same as 4 + userinfo = true, 20 ms userinfo, userinfo_max_age = 0s"
 DESC[9]="reference: row 2 with tokengate's upstream pool instead of hyper-util's legacy client"
-ROWS=(1 2 3 4 5 6 7 8 9)
+DESC[10]="same as 4, DPoP-bound token (cnf.jkt), a fresh ES256 proof per request, require_sender_constrained"
+DESC[11]="same as 4, opaque token verified by RFC 7662 introspection, warm cache"
+ROWS=(1 2 3 4 5 6 7 8 9 10 11)
+# MODE: none (no token), one (the same bearer token: TOKEN, else row 4's), many (the token file),
+# dpop (row 10's token and a new proof per request).
+declare -A TOKEN
 for i in "${ROWS[@]}"; do STATE[$i]=ok; NOTE[$i]=; MODE[$i]=one; done
-MODE[1]=none; MODE[2]=none; MODE[3]=none; MODE[5]=many; MODE[9]=none
+MODE[1]=none; MODE[2]=none; MODE[3]=none; MODE[5]=many; MODE[9]=none; MODE[10]=dpop
+TOKEN[11]=$OPAQUE_TOKEN
 REQ_PATH=/api/orders/42
 URL[1]="$UPSTREAM_URL$REQ_PATH"
 URL[2]="http://127.0.0.1:$P_BARE$REQ_PATH"
@@ -253,6 +275,24 @@ issuer = "$ISSUER_URL"
 audiences = ["bench"]
 algorithms = ["RS256"]
 EOF
+  case "$row" in
+    11) cat <<'EOF'
+
+[issuer.introspection]
+client_id = "tokengate-bench"
+client_secret = "bench-introspection-secret"
+auth_method = "client_secret_basic"
+cache_ttl = "1h"
+EOF
+    ;;
+    10) cat <<EOF
+
+[dpop]
+max_age = "${DPOP_MAX_AGE}s"
+replay_cache_entries = 4000000
+EOF
+    ;;
+  esac
   if [ "$row" -ge 4 ] 2>/dev/null; then
     cat <<EOF
 
@@ -278,6 +318,7 @@ EOF
     *) printf 'auth = "required"\nscopes = ["orders:read"]\n' ;;
   esac
   case "$row" in
+    10) echo 'require_sender_constrained = true' ;;
     7) echo 'userinfo = true' ;;
     8) printf 'userinfo = true\nuserinfo_max_age = "0s"\n' ;;
     6) cat <<'EOF'
@@ -399,9 +440,11 @@ fi
 
 say "starting tokengate instances ..."
 declare -A ADMIN_PORT
-next_port=3
-for i in 3 4 5 6 7 8; do
-  main=${PORTS[$next_port]}; admin=${PORTS[$((next_port + 1))]}; next_port=$((next_port + 2))
+# The index in PORTS of each tokengate row's main port (its admin port is the next one).
+declare -A PORT_AT=([3]=3 [4]=5 [5]=7 [6]=9 [7]=11 [8]=13 [10]=23 [11]=25)
+TG_ROWS=(3 4 5 6 7 8 10 11)
+for i in "${TG_ROWS[@]}"; do
+  main=${PORTS[${PORT_AT[$i]}]}; admin=${PORTS[$(( PORT_AT[$i] + 1 ))]}
   cfg=$WORK/row$i.toml
   tokengate_config "$i" "$main" "$admin" >"$cfg"
   URL[$i]="http://127.0.0.1:$main$REQ_PATH"
@@ -420,7 +463,7 @@ for i in 3 4 5 6 7 8; do
   fi
   start "tg$i" "$BIN/tokengate" serve --config "$cfg"
 done
-for i in 3 4 5 6 7 8; do
+for i in "${TG_ROWS[@]}"; do
   case "${STATE[$i]}" in ok|partial) ;; *) continue ;; esac
   if ! wait_http "http://127.0.0.1:${ADMIN_PORT[$i]}/readyz" 30; then
     STATE[$i]=fail; NOTE[$i]="not ready after 30 s: $(tail -n 2 "$WORK/tg$i.log" | tr '\n' ' ')"
@@ -445,17 +488,34 @@ PID_OF() { local v=PID_${INSTANCE[$1]}; echo "${!v:-}"; }
 
 # ------------------------------------------------------------------------------------------------
 # Probes: every row must answer 200 and really do what it claims.
-userinfo_calls() {
+issuer_stat() {  # issuer_stat NAME: a counter of bench-issuer's /stats (userinfo_calls, introspection_calls)
   local n
-  n=$(curl -s "$ISSUER_URL/stats" 2>/dev/null | sed -n 's/.*"userinfo_calls":\([0-9]*\).*/\1/p') || true
+  n=$(curl -s "$ISSUER_URL/stats" 2>/dev/null | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p") || true
   echo "${n:-0}"
 }
-probe() {  # probe ROW -> prints the echoed request the upstream saw, returns non-zero on non-200
+userinfo_calls() { issuer_stat userinfo_calls; }
+introspection_calls() { issuer_stat introspection_calls; }
+# make_proofs FILE COUNT HTU: COUNT fresh DPoP proofs for GET HTU with row 10's key and token.
+make_proofs() {
+  "$BIN/bench-issuer" proofs --dpop-key "$WORK/dpop-p256.pem" --ath "$DPOP_ATH" --htu "$3" \
+    --count "$2" --out "$1" 2>>"$WORK/proofs.log"
+}
+probe() {  # probe ROW [DPOP PROOF] -> prints the echoed request the upstream saw, returns non-zero on non-200
   local row=$1 out=$WORK/probe$1.txt auth=()
-  [ "${MODE[$row]}" = none ] || auth=(-H "Authorization: Bearer $ONE_TOKEN")
+  case "${MODE[$row]}" in
+    none) ;;
+    dpop) auth=(-H "Authorization: DPoP $DPOP_TOKEN"); [ -z "${2:-}" ] || auth+=(-H "DPoP: $2") ;;
+    *) auth=(-H "Authorization: Bearer ${TOKEN[$row]:-$ONE_TOKEN}") ;;
+  esac
   local code
   code=$(curl -s -o "$out" -w '%{http_code}' "${auth[@]}" "${URL[$row]%/*}/echo")
   [ "$code" = 200 ] || { echo "HTTP $code: $(head -c 200 "$out")"; return 1; }
+}
+assertion_auth() {  # assertion_auth FILE -> the `auth` member of the assertion the upstream saw
+  local payload
+  payload=$(sed -n 's/^x-identity-assertion: [^.]*\.\([^.]*\)\..*/\1/Ip' "$1" | head -n 1 | tr -d '\r' | tr '_-' '/+')
+  while [ $(( ${#payload} % 4 )) != 0 ]; do payload+='='; done
+  base64 -d <<<"$payload" 2>/dev/null | sed -n 's/.*"auth":"\([^"]*\)".*/\1/p'
 }
 missing_feature() {  # marks ROW as n/a (or partial with --partial) because FEATURE does not work
   if [ "$PARTIAL" = 1 ]; then
@@ -464,13 +524,40 @@ missing_feature() {  # marks ROW as n/a (or partial with --partial) because FEAT
     STATE[$1]=na; NOTE[$1]="feature missing: $2"
   fi
 }
+declare -A AUTH_KIND=([4]=jwt [5]=jwt [6]=jwt [7]=jwt [8]=jwt [10]=dpop [11]=introspection)
 for i in "${ROWS[@]}"; do
   case "${STATE[$i]}" in ok|partial) ;; *) continue ;; esac
-  if ! msg=$(probe "$i"); then STATE[$i]=fail; NOTE[$i]="probe failed: $msg"; continue; fi
+  proof=
+  if [ "$i" = 10 ]; then
+    if ! make_proofs "$WORK/probe-proofs.txt" 2 "${URL[10]%/*}/echo"; then
+      STATE[10]=fail; NOTE[10]="bench-issuer proofs failed: $(tail -n 1 "$WORK/proofs.log")"; continue
+    fi
+    proof=$(head -n 1 "$WORK/probe-proofs.txt")
+  fi
+  if ! msg=$(probe "$i" "$proof"); then STATE[$i]=fail; NOTE[$i]="probe failed: $msg"; continue; fi
   seen=$(tr 'A-Z' 'a-z' <"$WORK/probe$i.txt")
-  if [ "$i" -ge 4 ] && [ "$i" -le 8 ]; then
+  if [ -n "${AUTH_KIND[$i]:-}" ]; then
     grep -q '^x-identity-assertion: ' <<<"$seen" || missing_feature "$i" "identity assertion"
     grep -q '^x-auth-subject: user-0$' <<<"$seen" || missing_feature "$i" "claim headers"
+    kind=$(assertion_auth "$WORK/probe$i.txt")
+    [ "$kind" = "${AUTH_KIND[$i]}" ] || missing_feature "$i" "assertion auth = \"${AUTH_KIND[$i]}\" (it says \"$kind\")"
+  fi
+  if [ "$i" = 10 ]; then
+    # The same proof again is a replay: 401. Then a fresh one passes again.
+    if msg=$(probe 10 "$proof"); then
+      missing_feature 10 "DPoP replay check (a replayed proof answered 200)"
+    elif [[ "$msg" != "HTTP 401"* ]]; then
+      missing_feature 10 "DPoP replay check (a replayed proof answered ${msg%%:*}, not 401)"
+    elif ! msg=$(probe 10 "$(sed -n 2p "$WORK/probe-proofs.txt")"); then
+      STATE[10]=fail; NOTE[10]="probe failed after the replay: $msg"
+    fi
+  fi
+  if [ "$i" = 11 ]; then
+    # The first probe filled the cache: the next request must not call /introspect.
+    before=$(introspection_calls)
+    probe 11 >/dev/null || true
+    calls=$(( $(introspection_calls) - before ))
+    [ "$calls" = 0 ] || missing_feature 11 "introspection cache (a repeated token called /introspect again, $calls calls)"
   fi
   if [ "$i" -ge 7 ] && [ "$i" -le 8 ]; then
     before=$(userinfo_calls)
@@ -505,15 +592,28 @@ done
 # Load runs
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
+# proofs_needed SECS LABEL: how many proofs row 10's next run may use: its last rate at this label
+# (if that run did not run out of proofs), else row 4's (less work per request: faster), else
+# 100 000 req/s; × SECS × 1.5, plus 2 000.
+proofs_needed() {
+  awk -F'\t' -v s="$1" -v l="$2" '$3 == l && $2 == 10 && $14 == 0 { d = $4 } $3 == l && $2 == 4 { b = $4 }
+    END { r = (d > 0) ? d : (b > 0) ? b : 100000; printf "%d\n", r * s * 1.5 + 2000 }' "$RESULTS"
+}
 run_wrk() {  # run_wrk ROW CONNS SECS ROUND LABEL
-  local row=$1 c=$2 secs=$3 round=$4 label=$5 out
-  local env=(BENCH_TOKEN= BENCH_TOKENS= BENCH_TOKEN_STATE= BENCH_THREADS=1)
+  local row=$1 c=$2 secs=$3 round=$4 label=$5 out made=0
+  local env=(BENCH_TOKEN= BENCH_TOKENS= BENCH_TOKEN_STATE= BENCH_DPOP_TOKEN= BENCH_PROOFS= BENCH_THREADS=1)
   case "${MODE[$row]}" in
-    one) env+=(BENCH_TOKEN="$ONE_TOKEN") ;;
+    one) env+=(BENCH_TOKEN="${TOKEN[$row]:-$ONE_TOKEN}") ;;
     many) env+=(BENCH_TOKENS="$WORK/tokens.txt" BENCH_TOKEN_STATE="$WORK/token-state") ;;
+    dpop)
+      # A fresh file for every run (iat = now, new jti's), made before the run starts, so
+      # making them costs the measured server nothing; wrk.lua sends each proof once.
+      made=$(proofs_needed "$secs" "$label")
+      make_proofs "$WORK/proofs.txt" "$made" "${URL[$row]}" || { say "row $row: bench-issuer proofs failed: $(tail -n 1 "$WORK/proofs.log")"; made=0; }
+      env+=(BENCH_DPOP_TOKEN="$DPOP_TOKEN" BENCH_PROOFS="$WORK/proofs.txt") ;;
   esac
-  local calls_before
-  calls_before=$(userinfo_calls)
+  local calls_before intro_before
+  calls_before=$(userinfo_calls); intro_before=$(introspection_calls)
   # In the background + `wait`, so that Ctrl-C stops the run at once (wrk itself handles SIGINT).
   "${LOAD_PIN[@]}" env "${env[@]}" wrk -t1 -c"$c" -d"${secs}s" --timeout 5s --latency \
     -s "$ROOT/bench/wrk.lua" "${URL[$row]}" >"$WORK/wrk.out" 2>&1 &
@@ -526,12 +626,15 @@ run_wrk() {  # run_wrk ROW CONNS SECS ROUND LABEL
   line=$(grep '^BENCH ' <<<"$out" | tail -n 1) || true
   if [ -z "$line" ]; then
     say "row $row: wrk failed: $(tail -n 3 <<<"$out")"
-    line="BENCH rps=0 p50=0 p99=0 requests=0 non2xx=0 errors=1"
+    line="BENCH rps=0 p50=0 p99=0 requests=0 non2xx=0 errors=1 sent=0 unproved=0"
   fi
-  # round row label rps p50 p99 requests non2xx errors userinfo-calls
-  awk -v r="$round" -v row="$row" -v l="$label" -v ui="$(( $(userinfo_calls) - calls_before ))" '{
+  rm -f "$WORK/proofs.txt"
+  # round row label rps p50 p99 requests non2xx errors userinfo-calls introspection-calls
+  # sent (tokens or proofs the script used) made (proofs made for the run) unproved
+  awk -v r="$round" -v row="$row" -v l="$label" -v ui="$(( $(userinfo_calls) - calls_before ))" \
+      -v ic="$(( $(introspection_calls) - intro_before ))" -v made="$made" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, row, l, v["rps"], v["p50"], v["p99"], v["requests"], v["non2xx"], v["errors"], ui
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\n", r, row, l, v["rps"], v["p50"], v["p99"], v["requests"], v["non2xx"], v["errors"], ui, ic, v["sent"], made, v["unproved"]
     }' <<<"$line" >>"$RESULTS"
   # Keep the servers' logs from growing without bound (access lines); they are O_APPEND.
   for f in "$WORK"/tg*.log; do [ -e "$f" ] && : >"$f"; done
@@ -561,8 +664,8 @@ run_h2load() {  # run_h2load ROW CONNS SECS ROUND LABEL: one stream per connecti
   # p50/p99 from the per-request log (third column: µs until the end of the response).
   read -r p50 p99 < <(cut -f3 "$WORK/h2load.log" | sort -n | awk '{ a[NR] = $1 }
     END { if (NR == 0) print "0 0"; else { i50 = int(NR * 0.50); i99 = int(NR * 0.99); if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1; print a[i50], a[i99] } }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$row" "$label" "$rps" "$p50" "$p99" \
-    "$requests" "${non2xx:-0}" "${errors:-0}" 0 >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$row" "$label" "$rps" "$p50" "$p99" \
+    "$requests" "${non2xx:-0}" "${errors:-0}" 0 0 0 0 0 >>"$RESULTS"
   for f in "$WORK"/tg*.log; do [ -e "$f" ] && : >"$f"; done
 }
 
@@ -598,7 +701,8 @@ done
 
 # ------------------------------------------------------------------------------------------------
 # Statistics helpers
-col() {  # col ROW LABEL FIELD -> values over rounds (FIELD: 4 rps, 5 p50, 6 p99, 7 requests, 8 non2xx, 9 errors, 10 userinfo calls)
+col() {  # col ROW LABEL FIELD -> values over rounds (FIELD: 4 rps, 5 p50, 6 p99, 7 requests, 8 non2xx, 9 errors,
+        # 10 userinfo calls, 11 introspection calls, 12 tokens/proofs used, 13 proofs made, 14 requests without a proof)
   awk -F'\t' -v row="$1" -v l="$2" -v f="$3" '$1 != 0 && $2 == row && $3 == l { print $f }' "$RESULTS"
 }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -614,9 +718,9 @@ is_gactive() { [[ " ${GACTIVE[*]} " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------------------------------------
 # Crypto micro-benchmark (criterion), pinned to the servers' CPU while everything is idle.
-VERIFY_US=; SIGN_US=
+VERIFY_US=; SIGN_US=; DPOP_VERIFY_US=; DPOP_CHECK_US=
 if [ "$CRYPTO" = 1 ]; then
-  say "criterion: RS256 verification and ES256 signature ..."
+  say "criterion: RS256 verification, ES256 signature, DPoP proof checks ..."
   # The executable `cargo bench --no-run` built (run directly: nothing is recompiled while pinned).
   crypto_exe=$(find "$TARGET_DIR/release/deps" -maxdepth 1 -type f -executable -name 'crypto-*' -printf '%T@ %p\n' 2>/dev/null \
                | sort -rn | head -n 1 | cut -d' ' -f2-)
@@ -626,6 +730,8 @@ if [ "$CRYPTO" = 1 ]; then
              f = (u == "ns") ? 0.001 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : 1; printf "%.2f", v * f; exit } }'
     VERIFY_US=$(grep -A2 '^rs256_verify_2048' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
     SIGN_US=$(grep -A2 '^es256_sign' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
+    DPOP_VERIFY_US=$(grep -A2 '^dpop/es256_verify_only' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
+    DPOP_CHECK_US=$(grep -E -A2 '^dpop/es256_check( |$)' <<<"$crypto_out" | tr -d '[]' | awk "$to_us") || true
   else
     say "crypto micro-benchmark failed: $(tail -n 5 <<<"$crypto_out")"
   fi
@@ -640,9 +746,9 @@ echo
 echo "- machine: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $NCPU CPUs, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
 echo "- commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "- pinning: $PIN_NOTE; each server therefore runs one tokio worker thread"
-echo "- $ROUNDS round(s), rows interleaved (rows 1..9 back to back in every round); ${DURATION}s per row at c=$CONNS (req/s), ${LAT_DURATION}s at c=1 (p50/p99); wrk 1 thread, HTTP/1.1 keep-alive, GET $REQ_PATH, 12-byte upstream body"
+echo "- $ROUNDS round(s), rows interleaved (rows 1..11 back to back in every round); ${DURATION}s per row at c=$CONNS (req/s), ${LAT_DURATION}s at c=1 (p50/p99); wrk 1 thread, HTTP/1.1 keep-alive, GET $REQ_PATH, 12-byte upstream body"
 echo "- load average before the run: $LOADAVG (1/5/15 min, includes the build; other work on the machine skews the numbers)"
-echo "- tokengate log level: $LOG_LEVEL (stderr to a file); row 5: $TOKENS pre-minted tokens"
+echo "- tokengate log level: $LOG_LEVEL (stderr to a file); row 5: $TOKENS pre-minted tokens; row 10: a fresh file of ES256 DPoP proofs before each run, each sent once ([dpop].max_age = ${DPOP_MAX_AGE}s); row 11: one opaque token, introspection cache_ttl = 1h"
 [ "$QUICK" = 1 ] && echo "- **--quick smoke test: numbers are meaningless**"
 echo
 echo "| row | what | req/s c=$CONNS | ratio to row 2 (min–max) | p50 c=1 | p99 c=1 | p50 c=1 − row 2 | p99 c=$CONNS |"
@@ -707,7 +813,7 @@ for g in "${GROWS[@]}"; do
 done
 
 echo
-echo "### Targets (issue 8)"
+echo "### Targets (issues 8 and 16)"
 echo
 target() {  # target NAME VALUE OP LIMIT UNIT
   local verdict
@@ -767,6 +873,37 @@ for i in 7 8; do
   echo "- row $i: $n requests made $ui calls to /userinfo ($ui1 for the $n1 requests at c=1; at c=$CONNS, concurrent requests with the same token may share one call)"
 done
 
+# Issue 16: DPoP (row 10) and warm introspection (row 11), both against row 4 of the same run.
+DADDED=
+if is_active 10 && is_active 4; then
+  rps10=$(col 10 thr 4 | median); rps4=$(col 4 thr 4 | median)
+  DADDED=$(awk -v a="$rps10" -v b="$rps4" -v c="$SERVER_CORES" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (1 / a - 1 / b) * c * 1e6 }')
+fi
+if [ -n "$DADDED" ] && [ -n "$DPOP_VERIFY_US" ]; then
+  v=$(awk -v a="$DADDED" -v c="$DPOP_VERIFY_US" 'BEGIN { printf "%.2f", a / c }')
+  target "row 10 (DPoP) added CPU per request over row 4 / one ES256 proof verification" "$v" "<=" 1.3 "×"
+  echo "  - added CPU per request of row 10 over row 4: (1/$rps10 − 1/$rps4 req/s) × $SERVER_CORES server core = $DADDED µs"
+  echo "  - ES256 proof signature verification (criterion dpop/es256_verify_only, same core): $DPOP_VERIFY_US µs; the whole proof check with its replay record (dpop/es256_check): ${DPOP_CHECK_US:-n/a} µs"
+else
+  target "row 10 (DPoP) added CPU per request over row 4 / one ES256 proof verification" "" "<=" 1.3 "×"
+  [ -n "$DADDED" ] && echo "  - added CPU per request of row 10 over row 4: $DADDED µs (no crypto measurement)"
+fi
+if is_active 10; then
+  n=$(( $(col 10 thr 7 | sum) + $(col 10 lat 7 | sum) ))
+  used=$(( $(col 10 thr 12 | sum) + $(col 10 lat 12 | sum) ))
+  made=$(( $(col 10 thr 13 | sum) + $(col 10 lat 13 | sum) ))
+  short=$(( $(col 10 thr 14 | sum) + $(col 10 lat 14 | sum) ))
+  echo "  - row 10 answered $n requests: wrk.lua sent $used proofs, each once, of $made made fresh before the runs; requests that found no proof left: $short (must be 0)"
+  [ "$short" = 0 ] || FAILED=1
+fi
+if is_active 11 && is_active 4; then v=$(ratios 11 4 thr | median); else v=; fi
+target "row 11 (introspection, warm cache) / row 4 req/s" "$([ -n "$v" ] && printf '%.2f' "$v")" ">=" 0.95 ""
+if is_active 11; then
+  n=$(( $(col 11 thr 7 | sum) + $(col 11 lat 7 | sum) ))
+  ic=$(( $(col 11 thr 11 | sum) + $(col 11 lat 11 | sum) ))
+  echo "  - row 11: $n requests made $ic calls to /introspect (the probes warmed the cache)"
+fi
+
 # ------------------------------------------------------------------------------------------------
 # Memory
 if [ "$MEMORY" = 1 ]; then
@@ -788,6 +925,10 @@ if [ "$MEMORY" = 1 ]; then
   if is_active 5; then
     echo
     echo "Row 5's tokengate (tg5) verified $(awk -v s="$sent" -v t="$TOKENS" 'BEGIN { print (s < t) ? s : t }') distinct tokens: its RSS after the rounds is the cost of the verified-token cache (if any) at that size."
+  fi
+  if is_active 10; then
+    echo
+    echo "Row 10's tokengate (tg10) keeps a replay record per proof: its store reserves room for min(replay_cache_entries, 2^20) records at the first proof (replay_cache_entries = 4 000 000 here, so that no proof of the rounds is refused for want of room), and its RSS after the rounds includes that."
   fi
 
   # A fresh public-route tokengate for the streaming and idle-connection tests.
