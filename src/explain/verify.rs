@@ -259,8 +259,12 @@ pub(super) fn sender_step(
         "none" => "a plain bearer token (not sender-constrained)".to_owned(),
         "dpop" => format!(
             "bound to a DPoP key (cnf.jkt {}): it must be sent as Authorization: DPoP with a DPoP \
-             proof for this exact request",
-            jkt.unwrap_or_default()
+             proof for this exact request{}",
+            jkt.unwrap_or_default(),
+            x5t.map(|t| format!(
+                ", on a TLS connection with the client certificate of cnf x5t#S256 {t}"
+            ))
+            .unwrap_or_default()
         ),
         "mtls" => format!(
             "bound to a TLS client certificate (cnf x5t#S256 {})",
@@ -269,7 +273,7 @@ pub(super) fn sender_step(
         _ => "cnf names a confirmation method tokengate cannot check".to_owned(),
     };
     let note = match (binding, scheme) {
-        ("mtls", _) => Some(
+        ("mtls", _) | ("dpop", _) if x5t.is_some() => Some(
             "explain cannot present a TLS client certificate: this is the answer for a \
              connection without that certificate; serve accepts the token only from a client \
              whose certificate has this SHA-256 thumbprint"
