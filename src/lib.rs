@@ -48,6 +48,7 @@
 
 pub mod app;
 pub mod authn;
+pub(crate) mod cache;
 pub mod config;
 pub mod demo;
 pub(crate) mod digest_hash;

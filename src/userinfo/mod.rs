@@ -10,11 +10,11 @@
 //!    is served while younger than `min(cache_ttl, route userinfo_max_age, token exp - now)`,
 //!    never later, whether or not the issuer is reachable. `userinfo_max_age = "0s"` never
 //!    serves from the cache.
-//! 3. On a miss, one call per (issuer, token) is in flight at a time (**single-flight**): the
-//!    first request (the leader) registers a `watch` channel in `in_flight` and spawns the call
-//!    as a task of its own; later requests for the same key clone the receiver out of the map and
-//!    wait on it without holding any lock or map guard. The task stores the result in the cache,
-//!    leaves `in_flight`, then publishes it to the waiters: a request arriving meanwhile either
+//! 3. On a miss, one call per (issuer, token) is in flight at a time (**single-flight**,
+//!    `crate::cache::Flights`): the first request (the leader) registers in `flights` and spawns
+//!    the call as a task of its own; later requests for the same key wait for its result without
+//!    holding any lock or map guard. The task stores the result in the cache, leaves `flights`,
+//!    then publishes it to the waiters: a request arriving meanwhile either
 //!    joins the flight or finds the cache entry, and none joins a call already answered. (A
 //!    leader that finds an entry stored just before it registered serves that.) Because the call
 //!    is its own task, a leader whose client hangs up does not fail the waiters. This holds for
@@ -48,12 +48,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::cache::{Flights, Joined};
 use crate::config::{self, OnError};
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
@@ -200,9 +200,8 @@ pub struct Userinfo {
     /// claims and gets the same merge. Bounded by [`MERGED_ENTRIES`] (emptied when full): a
     /// merged map is several KiB, too much to keep next to every cached answer.
     merged: DashMap<Key, (u64, Arc<Claims>), DigestHash>,
-    /// Calls in progress: (flight id, receiver of its result). Cloned out, never awaited in place.
-    in_flight: DashMap<Key, (u64, watch::Receiver<Option<Fetched>>), DigestHash>,
-    next_flight: AtomicU64,
+    /// Calls in progress (module docs, step 3).
+    flights: Flights<Key, Fetched>,
     stats: Stats,
     /// Issuers already reported (at error level) as having no userinfo endpoint.
     warned_no_endpoint: DashSet<usize>,
@@ -216,7 +215,7 @@ impl fmt::Debug for Userinfo {
             .field("timeout", &self.timeout)
             .field("on_error", &self.on_error)
             .field("entries", &self.cache.len())
-            .field("in_flight", &self.in_flight.len())
+            .field("in_flight", &self.flights.len())
             .finish_non_exhaustive()
     }
 }
@@ -239,8 +238,7 @@ impl Userinfo {
             on_error: settings.on_error,
             cache: Cache::new(settings.max_entries),
             merged: DashMap::default(),
-            in_flight: DashMap::default(),
-            next_flight: AtomicU64::new(0),
+            flights: Flights::new(),
             stats: Stats {
                 metrics,
                 ..Stats::default()
@@ -347,7 +345,7 @@ impl Userinfo {
 
     /// Entries in the cache (answers and remembered 401s). Summed shard by shard, so while
     /// entries are being replaced concurrently it may count one twice; it is exact at rest, and
-    /// the bound itself is enforced by an exact slot counter (`cache.rs`).
+    /// the bound itself is enforced by an exact slot counter (`crate::cache::TtlCache`).
     pub fn len(&self) -> usize {
         self.cache.len()
     }
@@ -358,30 +356,18 @@ impl Userinfo {
 
     /// Joins the call in flight for `call.key`, or starts one (module docs, step 3).
     async fn flight(&self, call: Call, route_max_age: Option<Duration>) -> Fetched {
-        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-        let (mut result, leader) = match self.in_flight.entry(call.key) {
-            MapEntry::Occupied(running) => (running.get().1.clone(), None),
-            MapEntry::Vacant(slot) => {
-                let (tx, rx) = watch::channel(None);
-                slot.insert((id, rx.clone()));
-                (rx, Some(tx))
+        let waiter = match (self.flights.join(call.key), self.me.upgrade()) {
+            (Joined::Waiter(waiter), _) => {
+                self.stats.cache(CacheResult::Coalesced);
+                waiter
             }
-        };
-        match (leader, self.me.upgrade()) {
-            (None, _) => self.stats.cache(CacheResult::Coalesced),
-            (Some(tx), Some(me)) => {
-                let flight = Flight {
-                    owner: me.clone(),
-                    key: call.key,
-                    id,
-                    tx,
-                };
+            (Joined::Leader(leader, waiter), Some(me)) => {
                 // A call that ended between our cache miss and our registration stored its
-                // answer before leaving `in_flight`: look again before calling.
+                // answer before leaving `flights`: look again before calling.
                 if let Some(cached) = self.cache.get(&call.key, Instant::now(), route_max_age) {
                     self.stats.cache(CacheResult::Hit);
                     let fetched = Fetched::from(cached);
-                    flight.publish(fetched.clone());
+                    leader.publish(fetched.clone());
                     return fetched;
                 }
                 self.stats.cache(CacheResult::Miss);
@@ -390,27 +376,24 @@ impl Userinfo {
                 tokio::spawn(
                     trace::in_current_scope(async move {
                         let fetched = me.call(call).await;
-                        flight.publish(fetched);
+                        leader.publish(fetched);
                     })
                     .in_current_span(),
                 );
+                waiter
             }
-            (Some(_), None) => {
-                // Unreachable while `self` is alive (it only exists inside an `Arc`).
-                self.in_flight
-                    .remove_if(&call.key, |_, (registered, _)| *registered == id);
+            (Joined::Leader(..), None) => {
+                // Unreachable while `self` is alive (it only exists inside an `Arc`); the
+                // dropped leader leaves the registry.
                 return Fetched::Failed(Failure::Internal("userinfo state is shutting down"));
             }
-        }
-        // The watch guard is cloned out and dropped within this statement.
-        let published = result
-            .wait_for(Option::is_some)
+        };
+        waiter
+            .result()
             .await
-            .ok()
-            .and_then(|value| value.clone());
-        published.unwrap_or(Fetched::Failed(Failure::Internal(
-            "the userinfo call ended without an answer",
-        )))
+            .unwrap_or(Fetched::Failed(Failure::Internal(
+                "the userinfo call ended without an answer",
+            )))
     }
 
     /// Makes the call, counts, logs and caches its result (runs in the flight's task).
@@ -536,38 +519,6 @@ struct Call {
     token: String,
     token_exp: i64,
     now_unix: i64,
-}
-
-/// The leader's side of a call in flight. Publishing removes the registration and sends the
-/// result; dropping without publishing (the task died) removes it too, so nobody waits on a call
-/// nobody makes (a dropped sender ends the waits with an error).
-struct Flight {
-    owner: Arc<Userinfo>,
-    key: Key,
-    id: u64,
-    tx: watch::Sender<Option<Fetched>>,
-}
-
-impl Flight {
-    /// Leaves `in_flight` first, then sends: whoever registered as a waiter gets the result,
-    /// and a request arriving after the send can no longer join this (finished) call.
-    fn publish(self, fetched: Fetched) {
-        self.leave();
-        self.tx.send_replace(Some(fetched));
-    }
-
-    fn leave(&self) {
-        let id = self.id;
-        self.owner
-            .in_flight
-            .remove_if(&self.key, |_, (registered, _)| *registered == id);
-    }
-}
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        self.leave();
-    }
 }
 
 impl From<Cached> for Fetched {

@@ -1,7 +1,7 @@
-//! Unit tests: merging, lifetimes, freshness per route, the size bound and its bookkeeping.
-//! Network behaviour (single-flight, failures, signed answers) is in `tests/userinfo_cache.rs`.
+//! Unit tests: merging, lifetimes, freshness per route, remembered 401s, judging answers. The
+//! cache's expiry and size bound are the shared `TtlCache`'s (`crate::cache` tests). Network
+//! behaviour (single-flight, failures, signed answers) is in `tests/userinfo_cache.rs`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -113,31 +113,6 @@ fn the_route_bound_applies_when_reading() {
 }
 
 #[test]
-fn an_entry_is_never_served_past_its_lifetime_and_is_then_removed() {
-    let cache = Cache::new(10);
-    let t0 = Instant::now();
-    cache.insert(key(1), answer("a"), t0, Duration::from_secs(42));
-    assert!(cache
-        .get(&key(1), t0 + Duration::from_secs(41), None)
-        .is_some());
-    assert!(cache
-        .get(&key(1), t0 + Duration::from_secs(42), None)
-        .is_none());
-    assert_eq!(cache.len(), 0);
-    assert_eq!(cache.reserved(), 0);
-}
-
-#[test]
-fn a_zero_lifetime_or_zero_capacity_stores_nothing() {
-    let cache = Cache::new(10);
-    cache.insert(key(1), answer("a"), Instant::now(), Duration::ZERO);
-    assert_eq!(cache.len(), 0);
-    let none = Cache::new(0);
-    none.insert(key(1), answer("a"), Instant::now(), MINUTE);
-    assert_eq!(none.len(), 0);
-}
-
-#[test]
 fn a_remembered_rejection_ignores_the_route_bound_but_not_its_own() {
     let cache = Cache::new(10);
     let t0 = Instant::now();
@@ -176,93 +151,6 @@ async fn a_remembered_401_is_served_for_ten_seconds_and_then_the_endpoint_is_ask
     assert!(ask().is_none());
     assert_eq!(ui.len(), 0);
     assert_eq!(ui.counters().hits, 10);
-}
-
-#[test]
-fn replacing_an_entry_keeps_one_slot() {
-    let cache = Cache::new(2);
-    let t0 = Instant::now();
-    for _ in 0..5 {
-        cache.insert(key(1), answer("a"), t0, MINUTE);
-    }
-    cache.insert(key(2), answer("b"), t0, MINUTE);
-    assert_eq!(cache.len(), 2);
-    assert_eq!(cache.reserved(), 2);
-    // Stale records of the replaced entry are skipped: key 1 (oldest live) goes, key 2 stays.
-    cache.insert(key(3), answer("c"), t0, MINUTE);
-    assert!(cache.get(&key(1), t0, None).is_none());
-    assert!(cache.get(&key(2), t0, None).is_some());
-    assert!(cache.get(&key(3), t0, None).is_some());
-}
-
-#[test]
-fn at_max_entries_the_oldest_entry_is_evicted_and_the_bound_holds() {
-    let cache = Cache::new(100);
-    let t0 = Instant::now();
-    for n in 0..1000 {
-        cache.insert(key(n), answer("x"), t0, MINUTE);
-        assert!(cache.len() <= 100);
-    }
-    assert_eq!(cache.len(), 100);
-    assert_eq!(cache.reserved(), 100);
-    assert!(cache.get(&key(899), t0, None).is_none());
-    assert!(cache.get(&key(900), t0, None).is_some());
-    assert!(cache.get(&key(999), t0, None).is_some());
-    assert!(cache.order_len() <= 2 * 100 + 1024 + 1);
-}
-
-#[test]
-fn the_bound_holds_under_concurrent_inserts() {
-    let cache = Arc::new(Cache::new(64));
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..8u32)
-        .map(|t| {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                for n in 0..2000 {
-                    cache.insert(key(t * 100_000 + n), answer("x"), t0, MINUTE);
-                    // Repeated keys too (in-place replacement races with eviction).
-                    cache.insert(key(n % 50), answer("y"), t0, MINUTE);
-                    // `len()` sums the shards one by one, so under concurrent change it may
-                    // count an evicted entry and its replacement; the slot counter is exact
-                    // and always >= the number of entries.
-                    assert!(cache.reserved() <= 64);
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().expect("thread");
-    }
-    assert!(cache.len() <= 64);
-    assert_eq!(cache.reserved(), cache.len());
-}
-
-#[test]
-fn replacing_the_same_key_forever_keeps_the_order_queue_bounded() {
-    let cache = Cache::new(10);
-    let t0 = Instant::now();
-    for _ in 0..100_000 {
-        cache.insert(key(7), answer("a"), t0, MINUTE);
-    }
-    assert_eq!(cache.len(), 1);
-    assert!(cache.order_len() <= 2 + 1024 + 1, "{}", cache.order_len());
-}
-
-#[test]
-fn purge_removes_expired_entries_and_releases_their_slots() {
-    let cache = Cache::new(10);
-    let t0 = Instant::now();
-    for n in 0..5 {
-        cache.insert(key(n), answer("a"), t0, Duration::from_secs(10));
-    }
-    for n in 5..8 {
-        cache.insert(key(n), answer("a"), t0, Duration::from_secs(100));
-    }
-    assert_eq!(cache.purge(t0 + Duration::from_secs(10)), 5);
-    assert_eq!(cache.len(), 3);
-    assert_eq!(cache.reserved(), 3);
-    assert_eq!(cache.order_len(), 3);
 }
 
 #[test]

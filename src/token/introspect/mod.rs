@@ -23,7 +23,7 @@
 //!      `active: false`; if any could not be asked, [`IntrospectionError::Unavailable`] (its
 //!      answer might have been "active", so "inactive" cannot be concluded; and a token is never
 //!      let through without an answer).
-//! 3. **Single-flight** per (issuer, token) (`flight.rs`): concurrent misses make one call, made
+//! 3. **Single-flight** per (issuer, token) (`crate::cache::Flights`): concurrent misses make one call, made
 //!    in a task of its own so a leader whose client hangs up does not fail the waiters. The task
 //!    caches the result before publishing it.
 //!
@@ -33,7 +33,7 @@
 //!    a free slot up to the issuer's `fetch_timeout`, then fails like an unreachable endpoint
 //!    (503; never an accept). Cached answers are served all the same.
 //!
-//! Caching (`cache.rs`), keyed by (issuer index, SHA-256 of the whole token), never the raw
+//! Caching (`crate::cache::TtlCache`), keyed by (issuer index, SHA-256 of the whole token), never the raw
 //! token: active answers for `min(cache_ttl, exp - now)` (the answer's `exp`, or the implied one,
 //! see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never. Active answers are
 //! checked again on every use (`exp`/`nbf` against the injected `now_unix`), so a cached answer
@@ -55,9 +55,7 @@
 //! in flight was joined). Calls are counted once each: `active`, `inactive`, `error`.
 
 mod answer;
-mod cache;
 mod client;
-mod flight;
 mod outcome;
 
 use std::fmt;
@@ -70,6 +68,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::cache::{Flights, Joined, TtlCache};
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
 use crate::telemetry::metrics::{CacheResult, IntrospectionOutcome, Metrics};
@@ -83,9 +82,10 @@ pub use client::MAX_INTROSPECTION_BYTES;
 pub use outcome::{Introspected, IntrospectionCounters, IntrospectionError};
 
 use answer::{Active, Answer};
-use cache::Cache;
 use client::Failure;
-use flight::{Flights, Joined, Key};
+
+/// (issuer index in `Config::issuers`, SHA-256 of the whole token). Never the raw token.
+type Key = (usize, [u8; 32]);
 
 #[cfg(test)]
 mod tests;
@@ -165,11 +165,11 @@ enum Fetched {
 pub struct Introspector {
     /// Lets `introspect(&self)` hand a call to a task of its own.
     me: Weak<Introspector>,
-    active: Cache<Arc<Active>>,
-    inactive: Cache<()>,
+    active: TtlCache<Key, Arc<Active>>,
+    inactive: TtlCache<Key, ()>,
     /// (answer serial, its parsed claims) for recently used answers; emptied when full.
     parsed: DashMap<Key, (u64, Arc<Claims>), DigestHash>,
-    flights: Flights<Fetched>,
+    flights: Flights<Key, Fetched>,
     /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]).
     calls: Semaphore,
     stats: Stats,
@@ -218,8 +218,8 @@ impl Introspector {
     fn build(active: usize, inactive: usize, metrics: Option<Arc<Metrics>>) -> Arc<Introspector> {
         Arc::new_cyclic(|me| Introspector {
             me: me.clone(),
-            active: Cache::new(active),
-            inactive: Cache::new(inactive),
+            active: TtlCache::new(active),
+            inactive: TtlCache::new(inactive),
             parsed: DashMap::default(),
             flights: Flights::new(),
             calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),

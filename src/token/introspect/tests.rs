@@ -1,14 +1,13 @@
 //! Unit tests of the pure parts: form encoding, the answer's shape and checks, the implied `exp`,
-//! cache lifetimes and the cache bound, error mapping. Calls, single-flight and the walk over
+//! cache lifetimes, error mapping. The cache's expiry and bound are the shared `TtlCache`'s
+//! (`crate::cache` tests). Calls, single-flight and the walk over
 //! several issuers are in `tests/introspection_client.rs`, against the mock issuer.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::answer::{parse, Active, Answer, Shape, IMPLIED_EXP_MIN};
-use super::cache::Cache;
 use super::client::{form_body, form_urlencode};
 use super::*;
 use crate::config::{Algorithm, Issuer};
@@ -51,12 +50,6 @@ fn active(members: Value) -> Active {
 
 fn check(members: Value, now: i64) -> Result<(), JwtError> {
     active(members).check(now, MINUTE)
-}
-
-fn key(n: u32) -> Key {
-    let mut hash = [0u8; 32];
-    hash[..4].copy_from_slice(&n.to_be_bytes());
-    (0, hash)
 }
 
 #[test]
@@ -230,65 +223,6 @@ fn claims_survive_the_compact_form_in_order() {
         "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"},
     }));
     assert!(typical.json_len() < 512, "{}", typical.json_len());
-}
-
-#[test]
-fn a_cache_entry_is_served_until_its_expiry_and_never_after() {
-    let cache = Cache::<u8>::new(10);
-    let start = Instant::now();
-    cache.insert(key(1), 7, start, MINUTE);
-    assert_eq!(cache.get(&key(1), start), Some(7));
-    let almost = start + MINUTE - Duration::from_millis(1);
-    assert_eq!(cache.get(&key(1), almost), Some(7));
-    assert_eq!(cache.get(&key(1), start + MINUTE), None);
-    assert_eq!(cache.len(), 0, "an expired entry is removed when met");
-    assert_eq!(cache.reserved(), 0);
-}
-
-#[test]
-fn a_zero_lifetime_or_a_zero_bound_stores_nothing() {
-    let now = Instant::now();
-    let cache = Cache::<u8>::new(10);
-    cache.insert(key(1), 1, now, Duration::ZERO);
-    assert_eq!(cache.len(), 0);
-    let disabled = Cache::<u8>::new(0);
-    disabled.insert(key(1), 1, now, MINUTE);
-    assert_eq!(disabled.get(&key(1), now), None);
-}
-
-#[test]
-fn a_full_cache_evicts_its_oldest_entry_and_the_bound_holds() {
-    let now = Instant::now();
-    let cache = Cache::<u32>::new(3);
-    for n in 0..3 {
-        cache.insert(key(n), n, now, MINUTE);
-    }
-    cache.insert(key(1), 11, now, MINUTE); // replaced in place: no slot, still 3
-    cache.insert(key(3), 3, now, MINUTE); // evicts key(0), the oldest
-    assert_eq!(cache.len(), 3);
-    assert_eq!(cache.get(&key(0), now), None);
-    assert_eq!(cache.get(&key(1), now), Some(11));
-    assert_eq!(cache.get(&key(3), now), Some(3));
-    for n in 4..5000 {
-        cache.insert(key(n), n, now, MINUTE);
-        assert!(cache.len() <= 3 && cache.reserved() <= 3);
-    }
-    assert!(cache.order_len() < 3 * 2 + 1024 + 1, "order stays compact");
-    cache.remove(&key(4999));
-    assert_eq!(cache.get(&key(4999), now), None);
-    assert_eq!(cache.reserved(), cache.len());
-}
-
-#[test]
-fn purge_removes_only_expired_entries() {
-    let now = Instant::now();
-    let cache = Cache::<u8>::new(10);
-    cache.insert(key(1), 1, now, MINUTE);
-    cache.insert(key(2), 2, now, 3 * MINUTE);
-    assert_eq!(cache.purge(now + 2 * MINUTE), 1);
-    assert_eq!(cache.len(), 1);
-    assert_eq!(cache.reserved(), 1);
-    assert_eq!(cache.get(&key(2), now), Some(2));
 }
 
 #[test]

@@ -1,24 +1,27 @@
-//! A bounded cache of introspection answers under (issuer index, SHA-256 of the whole token),
-//! each entry with a hard expiry, never served past it (not even while the issuer is down).
+//! A bounded map whose entries each have a hard expiry and are never served past it (not even
+//! while the upstream they came from is down). Lifetimes are decided by the caller; this file
+//! only stores, serves until `expires`, evicts and purges.
 //!
-//! Generic over the value, so the introspector keeps active answers and `active: false`
-//! answers in two caches with separate bounds (see `mod.rs` for why). Lifetimes are decided by
-//! the caller; this file only stores, serves until `expires`, evicts and purges.
+//! **Hot path**: [`TtlCache::get`] / [`TtlCache::get_with`] are one DashMap read (a shard read
+//! lock) and a clone of what is served: no allocation, no other lock. Only an entry found
+//! expired costs a removal.
 //!
-//! **Bound** (the same scheme as `userinfo/cache.rs`): `count` is a slot counter reserved
-//! (compare-and-swap, never past `max`) *before* an insert and released only *after* a removal,
-//! so at every instant `map.len() <= count <= max`, even with concurrent inserts. When no slot
-//! is free the oldest inserted entry is evicted (`order`, a FIFO of (key, serial); a serial that
-//! no longer matches the map's entry is a stale record, skipped). Entries of one cache share a
-//! few lifetimes (`cache_ttl`, `exp`, `negative_cache_ttl`), so the oldest inserted is about the
-//! nearest to expiry. `order` is compacted when stale records outnumber live ones, so memory
-//! stays flat under a flood of distinct tokens.
+//! **Bound**: `count` is a slot counter reserved (compare-and-swap, never past `max`) *before* an
+//! insert and released only *after* a removal, so at every instant `map.len() <= count <= max`,
+//! even with concurrent inserts. When no slot is free the oldest inserted entry is evicted
+//! (`order`, a FIFO of (key, serial); a serial that no longer matches the map's entry is a stale
+//! record, skipped). Callers give the entries of one cache a few shared lifetimes (a `cache_ttl`,
+//! a token's `exp`, a negative TTL), so the oldest inserted is also about the nearest to expiry;
+//! entries already expired go earlier through [`TtlCache::purge`]. `order` is compacted when
+//! stale records outnumber live ones, so memory stays flat under a flood of distinct keys (each
+//! flood entry only displaces the oldest).
 //!
 //! Locking: DashMap guards are never held across an `.await` (nothing here is async) and never
 //! while taking `order`'s mutex; `order`'s mutex may be held while reading the map (compaction),
 //! never the other way round.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -26,11 +29,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::flight::Key;
 use crate::digest_hash::DigestHash;
 
 /// No entry is kept longer than this, whatever the settings say (keeps `Instant` arithmetic safe).
-const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
 struct Entry<V> {
     expires: Instant,
@@ -39,19 +41,25 @@ struct Entry<V> {
     value: V,
 }
 
-pub(crate) struct Cache<V> {
-    map: DashMap<Key, Entry<V>, DigestHash>,
+/// Values `V` under keys `K`, at most `max` of them, each until its expiry (module docs).
+pub(crate) struct TtlCache<K, V, S = DigestHash> {
+    map: DashMap<K, Entry<V>, S>,
     /// Reserved slots: always `>= map.len()` and `<= max`.
     count: AtomicUsize,
     max: usize,
     /// Insertion order, for eviction; may hold stale records (see the module docs).
-    order: Mutex<VecDeque<(Key, u64)>>,
+    order: Mutex<VecDeque<(K, u64)>>,
     serial: AtomicU64,
 }
 
-impl<V: Clone> Cache<V> {
-    pub(crate) fn new(max: usize) -> Cache<V> {
-        Cache {
+impl<K, V, S> TtlCache<K, V, S>
+where
+    K: Eq + Hash + Copy,
+    S: BuildHasher + Clone + Default,
+{
+    /// An empty cache of at most `max` entries (0 stores nothing).
+    pub(crate) fn new(max: usize) -> TtlCache<K, V, S> {
+        TtlCache {
             map: DashMap::default(),
             count: AtomicUsize::new(0),
             max,
@@ -60,31 +68,44 @@ impl<V: Clone> Cache<V> {
         }
     }
 
+    /// Entries stored. Summed shard by shard, so while entries are being replaced concurrently
+    /// it may count one twice; exact at rest (the bound itself is the exact slot counter).
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// The value while `now < expires`; an expired entry is removed on the way.
-    pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<V> {
-        // The guard lives only inside the closure: it is gone before `remove_if` below.
-        let found = self
-            .map
-            .get(key)
-            .map(|entry| (now < entry.expires).then(|| entry.value.clone()));
-        match found {
-            Some(Some(value)) => Some(value),
-            Some(None) => {
-                self.remove_if(key, |e| now >= e.expires);
-                None
-            }
-            None => None,
+    pub(crate) fn get(&self, key: &K, now: Instant) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.get_with(key, now, |value| Some(value.clone()))
+    }
+
+    /// What `serve` makes of the value while `now < expires` (`None`: not served, the entry
+    /// stays, e.g. too old for one route but not for others); an expired entry is removed on the
+    /// way. `serve` runs under the map's read guard: it must be quick and must not touch this
+    /// cache.
+    pub(crate) fn get_with<R>(
+        &self,
+        key: &K,
+        now: Instant,
+        serve: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R> {
+        // The guard lives only inside this match: it is gone before `remove_if` below.
+        match self.map.get(key) {
+            Some(entry) if now < entry.expires => return serve(&entry.value),
+            Some(_) => {}
+            None => return None,
         }
+        self.remove_if(key, |e| now >= e.expires);
+        None
     }
 
     /// Stores `value` for `lifetime` from `from`. A zero lifetime (or `max` = 0) stores nothing
     /// (and leaves an older entry under the same key alone: it expires by itself). When the
     /// cache is full, the oldest entry makes room.
-    pub(crate) fn insert(&self, key: Key, value: V, from: Instant, lifetime: Duration) {
+    pub(crate) fn insert(&self, key: K, value: V, from: Instant, lifetime: Duration) {
         let lifetime = lifetime.min(MAX_LIFETIME);
         if lifetime.is_zero() || self.max == 0 {
             return;
@@ -123,8 +144,8 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    /// Forgets `key` (an answer of the other kind replaced it).
-    pub(crate) fn remove(&self, key: &Key) {
+    /// Forgets `key` (e.g. an answer of another kind replaced it elsewhere).
+    pub(crate) fn remove(&self, key: &K) {
         self.remove_if(key, |_| true);
     }
 
@@ -178,7 +199,7 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    fn remove_if(&self, key: &Key, condition: impl FnOnce(&Entry<V>) -> bool) -> bool {
+    fn remove_if(&self, key: &K, condition: impl FnOnce(&Entry<V>) -> bool) -> bool {
         let removed = self.map.remove_if(key, |_, e| condition(e)).is_some();
         if removed {
             self.count.fetch_sub(1, Ordering::AcqRel);
@@ -187,7 +208,7 @@ impl<V: Clone> Cache<V> {
     }
 
     /// Drops the records of entries that are gone or were replaced.
-    fn compact(&self, order: &mut VecDeque<(Key, u64)>) {
+    fn compact(&self, order: &mut VecDeque<(K, u64)>) {
         order.retain(|(key, serial)| self.map.get(key).is_some_and(|e| e.serial == *serial));
     }
 

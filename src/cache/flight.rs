@@ -1,5 +1,5 @@
-//! Single-flight: concurrent misses for the same (issuer index, SHA-256 of a token) share one
-//! call to the issuer.
+//! Single-flight: concurrent misses for the same key (userinfo and introspection: issuer index,
+//! SHA-256 of a token) share one call to the issuer.
 //!
 //! The first caller for a key (the *leader*) registers a `watch` channel and gets a [`Leader`]
 //! and a [`Waiter`]; later callers get a [`Waiter`] cloned out of the registry (no map guard is
@@ -11,9 +11,10 @@
 //! dropped without publishing (its task panicked or was cancelled) leaves the registry too, and
 //! its waiters see `None`.
 //!
-//! The same scheme as `userinfo`'s `Flight`, written generic over the result (`userinfo` still
-//! has its own copy); what a result means, and caching it, is the caller's business.
+//! Generic over the key and the result; what a result means, and caching it, is the caller's
+//! business.
 
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -23,34 +24,37 @@ use tokio::sync::watch;
 
 use crate::digest_hash::DigestHash;
 
-/// (issuer index in `Config::issuers`, SHA-256 of the whole token). Never the raw token.
-pub(crate) type Key = (usize, [u8; 32]);
-
 /// Flights in progress: (flight id, receiver of its result).
-type Registry<V> = DashMap<Key, (u64, watch::Receiver<Option<V>>), DigestHash>;
+type Registry<K, V, S> = DashMap<K, (u64, watch::Receiver<Option<V>>), S>;
 
-pub(crate) struct Flights<V> {
-    running: Arc<Registry<V>>,
+/// The calls in flight, by key.
+pub(crate) struct Flights<K, V, S = DigestHash> {
+    running: Arc<Registry<K, V, S>>,
     next_id: AtomicU64,
 }
 
 /// What [`Flights::join`] made of the caller.
-pub(crate) enum Joined<V> {
+pub(crate) enum Joined<K: Eq + Hash, V, S: BuildHasher + Clone = DigestHash> {
     /// No call was in flight: this caller makes it, and waits like everyone else.
-    Leader(Leader<V>, Waiter<V>),
+    Leader(Leader<K, V, S>, Waiter<V>),
     /// A call is in flight: wait for its result.
     Waiter(Waiter<V>),
 }
 
-impl<V: Clone> Flights<V> {
-    pub(crate) fn new() -> Flights<V> {
+impl<K, V, S> Flights<K, V, S>
+where
+    K: Eq + Hash + Copy,
+    V: Clone,
+    S: BuildHasher + Clone + Default,
+{
+    pub(crate) fn new() -> Flights<K, V, S> {
         Flights {
             running: Arc::new(DashMap::default()),
             next_id: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn join(&self, key: Key) -> Joined<V> {
+    pub(crate) fn join(&self, key: K) -> Joined<K, V, S> {
         // The entry guard lives only inside this match.
         match self.running.entry(key) {
             Entry::Occupied(running) => Joined::Waiter(Waiter(running.get().1.clone())),
@@ -76,14 +80,14 @@ impl<V: Clone> Flights<V> {
 }
 
 /// The right (and duty) to publish one flight's result.
-pub(crate) struct Leader<V> {
-    running: Arc<Registry<V>>,
-    key: Key,
+pub(crate) struct Leader<K: Eq + Hash, V, S: BuildHasher + Clone = DigestHash> {
+    running: Arc<Registry<K, V, S>>,
+    key: K,
     id: u64,
     tx: watch::Sender<Option<V>>,
 }
 
-impl<V> Leader<V> {
+impl<K: Eq + Hash, V, S: BuildHasher + Clone> Leader<K, V, S> {
     /// Leaves the registry, then sends `value` to every waiter (module docs for the order).
     pub(crate) fn publish(self, value: V) {
         self.leave();
@@ -97,7 +101,7 @@ impl<V> Leader<V> {
     }
 }
 
-impl<V> Drop for Leader<V> {
+impl<K: Eq + Hash, V, S: BuildHasher + Clone> Drop for Leader<K, V, S> {
     /// Also after `publish` (then a no-op): a flight never outlives its leader in the registry.
     fn drop(&mut self) {
         self.leave();
@@ -123,13 +127,15 @@ impl<V: Clone> Waiter<V> {
 mod tests {
     use super::*;
 
+    type Key = (usize, [u8; 32]);
+
     fn key(n: u8) -> Key {
         (0, [n; 32])
     }
 
     #[tokio::test]
     async fn the_second_caller_waits_for_the_first_callers_result() {
-        let flights = Flights::<u32>::new();
+        let flights = Flights::<Key, u32>::new();
         let Joined::Leader(leader, own) = flights.join(key(1)) else {
             panic!("the first caller must lead");
         };
@@ -146,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_dropped_without_publishing_releases_its_waiters() {
-        let flights = Flights::<u32>::new();
+        let flights = Flights::<Key, u32>::new();
         let Joined::Leader(leader, _) = flights.join(key(1)) else {
             panic!("the first caller must lead");
         };
@@ -160,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_leader_leaving_late_does_not_remove_a_newer_flight() {
-        let flights = Flights::<u32>::new();
+        let flights = Flights::<Key, u32>::new();
         let Joined::Leader(old, _) = flights.join(key(1)) else {
             panic!("lead");
         };
