@@ -40,7 +40,8 @@
 //! - `token`: the JOSE rules, issuer key sets, introspection and DPoP proof checks.
 //! - `scrub`: header hygiene in both directions. `rejection`, `reason`: every error a client can
 //!   see, and the one enum of reasons behind the access line and the metrics.
-//! - `digest_hash`: the table hash of the caches keyed by SHA-256 digests.
+//! - `cache`: the bounded TTL cache and the single-flight registry shared by userinfo and
+//!   introspection; `digest_hash`: the table hash of the caches keyed by SHA-256 digests.
 //! - `config`: TOML schema, `${ENV}`, validation with file/line/key path, the compiled model.
 //! - `telemetry`: logging and the access line. `reload`: SIGHUP. `keygen`, `demo`: commands.
 //! - `explain`: `tokengate explain`, the phases above run on a described request, with the why.
