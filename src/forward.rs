@@ -37,7 +37,9 @@ mod upgrade;
 
 use h2::{H2Body, H2Error, H2Limits, H2Pool};
 use pool::{Pool, PooledBody, SendError};
-use request_body::{is_client_body_error, NotReady, RequestBody};
+use request_body::{is_client_body_error, NotReady, ReadAheadSlots, RequestBody};
+
+pub use request_body::BodyWait;
 
 /// The pool of one upstream origin, in the protocol its routes speak.
 enum Pools {
@@ -54,6 +56,8 @@ pub struct UpstreamClient {
     /// How long a request body may take to arrive, whole or its first part (`header_read_timeout`,
     /// see `request_body`).
     body_wait: Duration,
+    /// How many requests may read ahead at once.
+    read_ahead: ReadAheadSlots,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -108,6 +112,7 @@ impl UpstreamClient {
             pools,
             timeout: upstream.timeout,
             body_wait,
+            read_ahead: ReadAheadSlots::new(request_body::READ_AHEAD_SLOTS),
         })
     }
 
@@ -121,15 +126,17 @@ impl UpstreamClient {
             protocol,
             upgrade: client_upgrade,
             trailer_rules,
+            body_wait,
         } = req.into_outgoing();
         let (parts, body) = request.into_parts();
         // An upstream connection or stream is taken only once the body is here (or its first
-        // part is), except by a gRPC call, whose server may speak first (`request_body`).
+        // part is); gRPC calls wait less, and only an HTTP/2 upstream carries them (`request_body`).
         let wait = match protocol {
-            UpstreamProtocol::Http2 if is_grpc(&parts.headers) => None,
-            _ => Some(self.body_wait),
+            UpstreamProtocol::Http2 => body_wait,
+            UpstreamProtocol::Http1 => BodyWait::ReadAhead,
         };
-        let body = match RequestBody::ready(body, wait, Some(trailer_rules)).await {
+        let ready = RequestBody::ready(body, wait, self.body_wait, &self.read_ahead, trailer_rules);
+        let body = match ready.await {
             Ok(body) => body,
             Err(NotReady::TimedOut) => return Err(Rejection::RequestTimeout),
             Err(NotReady::Failed(error)) => {
@@ -229,11 +236,16 @@ pub fn target_of<'a>(
     )
 }
 
-/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+/// Whether the request claims to be a gRPC call: exactly one `content-type`, `application/grpc`
+/// alone or followed by `+subtype` or `;parameters` (not `application/grpc-web`, nor a longer
+/// word that starts the same).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (types.next(), types.next()) else {
+        return false;
+    };
+    let rest = value.as_bytes().strip_prefix(b"application/grpc");
+    matches!(rest, Some([] | [b'+' | b';', ..]))
 }
 
 /// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
@@ -324,7 +336,7 @@ impl BarePool {
     /// Sends an origin-form request and waits for response headers.
     pub async fn send(&self, req: Request<Incoming>) -> Option<Response<UpstreamBody>> {
         let (parts, body) = req.into_parts();
-        let body = RequestBody::ready(body, None, None).await.ok()?;
+        let body = RequestBody::streamed(body);
         let response = self.0.send(Request::from_parts(parts, body)).await.ok()?;
         Some(response.map(UpstreamBody::Http1))
     }

@@ -250,8 +250,8 @@ async fn server_streaming_call_delivers_every_message_in_order_then_ends_ok() {
 async fn bidirectional_call_answers_each_message_before_the_next_is_sent() {
     let w = world(Setup::default()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    // The first message goes with the call: tokengate forwards a request once its body has
-    // started (`src/forward/request_body.rs`).
+    // The first message goes with the call (an authenticated call is forwarded at once anyway,
+    // `src/forward/request_body.rs`).
     tx.send(Msg::text("ping 0")).await.unwrap();
     let request = grpc::request(ReceiverStream::new(rx), Some(&w.token()));
     let mut replies = grpc::streaming(&mut w.client().await, "/test.Echo/Chat", request)
@@ -816,8 +816,8 @@ async fn a_hundred_mib_each_way_in_small_messages_keeps_the_proxy_rss_flat() {
 // A stream whose client waits for the server first
 // ---------------------------------------------------------------------------------------------
 
-/// Over an HTTP/2 upstream a call is forwarded as soon as its head is authorized, before the
-/// client sends anything (only HTTP/1.1 upstreams wait for a body to start,
+/// Over an HTTP/2 upstream an authenticated caller's call is forwarded as soon as its head is
+/// authorized, before the client sends anything (other requests wait for their body,
 /// `src/forward/request_body.rs`): a bidirectional call whose client waits for the server
 /// reaches the service at once, and outlives `header_read_timeout` without a 408.
 #[tokio::test]

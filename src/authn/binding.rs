@@ -96,6 +96,9 @@ impl Senders {
                 "token cnf claim is not an object",
             ));
         };
+        if has_unknown_binding(cnf) {
+            return Err(unknown_binding());
+        }
         if cnf.contains_key("jkt") {
             return Err(self.challenge(
                 DpopError::InvalidToken,
@@ -109,10 +112,7 @@ impl Senders {
                 Reason::SenderConstraint,
                 "token is bound to a TLS client certificate this connection did not present",
             )),
-            None => Err(invalid(
-                Reason::SenderConstraint,
-                "token is bound by a confirmation method tokengate cannot check",
-            )),
+            None => Err(unknown_binding()),
         }
     }
 
@@ -137,7 +137,19 @@ impl Senders {
             ));
         };
         // Every binding the issuer put in the token must hold: a token also bound to a client
-        // certificate needs that certificate as well as the proof.
+        // certificate needs that certificate as well as the proof, and one bound in a way
+        // tokengate cannot check is refused, as it is without `jkt`.
+        if claims
+            .get("cnf")
+            .and_then(Value::as_object)
+            .is_some_and(has_unknown_binding)
+        {
+            return Err(self.challenge(
+                DpopError::InvalidToken,
+                Reason::SenderConstraint,
+                UNKNOWN_BINDING,
+            ));
+        }
         if let Some(bound) = claims.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
             if bound.as_str().is_none() || bound.as_str() != inbound.conn.client_cert.as_deref() {
                 return Err(self.challenge(
@@ -248,6 +260,21 @@ impl Senders {
             nonce: None,
         }
     }
+}
+
+/// The confirmation methods tokengate checks: RFC 9449 `jkt`, RFC 8705 `x5t#S256`.
+const CHECKED_BINDINGS: [&str; 2] = ["jkt", "x5t#S256"];
+
+/// Whether `cnf` names a confirmation method tokengate cannot check (RFC 7800 `jwk`, `kid`,
+/// `jku`, `jwe`, or anything else): such a token is refused, whatever else binds it.
+fn has_unknown_binding(cnf: &serde_json::Map<String, Value>) -> bool {
+    cnf.keys().any(|k| !CHECKED_BINDINGS.contains(&k.as_str()))
+}
+
+const UNKNOWN_BINDING: &str = "token is bound by a confirmation method tokengate cannot check";
+
+fn unknown_binding() -> Rejection {
+    invalid(Reason::SenderConstraint, UNKNOWN_BINDING)
 }
 
 pub(super) fn invalid(reason: Reason, description: &'static str) -> Rejection {

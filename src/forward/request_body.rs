@@ -10,8 +10,19 @@
 //! `PREFETCH_BYTES`, within `header_read_timeout`, else 408 and the upstream is never touched
 //! (nginx buffers whole bodies for the same reason). Past that a body streams; keeping a slot
 //! then costs a client that much data per slot, and the wait for the response stays bounded
-//! by `[upstream].timeout`. The one exception is a gRPC call to an HTTP/2 upstream: its server
-//! may speak first (server streaming, bidirectional calls), so it is forwarded at once.
+//! by `[upstream].timeout`.
+//!
+//! gRPC calls to an HTTP/2 upstream are the exception ([`BodyWait`]): a streaming call's client
+//! may send a small first message and wait for the answer, or send nothing until the server
+//! speaks. An authenticated caller's call is forwarded at once; an anonymous one's (a public
+//! route) once its first message has started, so holding a slot costs at least a frame and
+//! anyone doing so on an authenticated route is named in the access log.
+//!
+//! Memory: what is read ahead is bounded per request (`PREFETCH_BYTES`) and in total: at most
+//! [`READ_AHEAD_SLOTS`] requests read ahead at once ([`ReadAheadSlots`]). A request that finds
+//! none free streams its body as it arrives instead, so a flood of stalled bodies cannot grow
+//! the proxy without bound (what remains is hyper's own per-connection buffering, bounded by
+//! the HTTP/2 flow-control windows).
 //!
 //! Trailers: the body's trailer fields (HTTP/1.1 chunked, HTTP/2) are scrubbed as they pass, by
 //! the same rules as the request head (`scrub::request_trailers`): a client must not be able to
@@ -32,6 +43,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::scrub::{self, ScrubRules};
 
@@ -40,10 +52,42 @@ use crate::scrub::{self, ScrubRules};
 /// request bodies are smaller and arrive whole.
 pub const PREFETCH_BYTES: usize = 64 * 1024;
 
+/// Requests reading ahead at once, at most (16 MiB of bodies). A healthy client's read-ahead
+/// lasts a round trip or so, so this many at one instant is far beyond normal traffic; only
+/// stalled bodies pile up to it.
+pub const READ_AHEAD_SLOTS: usize = 256;
+
+/// What the forwarder waits for before it involves the upstream (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyWait {
+    /// The whole body, or its first `PREFETCH_BYTES`.
+    ReadAhead,
+    /// Its first frame (or its end): a gRPC call from an anonymous caller.
+    Start,
+    /// Nothing: a gRPC call from an authenticated caller.
+    Nothing,
+}
+
+/// The read-ahead slots of one upstream client ([`READ_AHEAD_SLOTS`]).
+pub struct ReadAheadSlots(Arc<Semaphore>);
+
+impl ReadAheadSlots {
+    pub fn new(slots: usize) -> ReadAheadSlots {
+        ReadAheadSlots(Arc::new(Semaphore::new(slots)))
+    }
+
+    /// A free slot, or `None` when every one is taken.
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+}
+
 /// A request body ready to go upstream.
 pub struct RequestBody {
     /// The frames read ahead (already scrubbed), handed out first.
     ahead: VecDeque<Frame<Bytes>>,
+    /// The read-ahead slot `ahead` holds; given back once `ahead` has been handed out.
+    held: Option<OwnedSemaphorePermit>,
     rest: Incoming,
     /// What trailer fields may not pass (`scrub::request_trailers`); `None` passes them as sent
     /// (the benchmark's bare pool only).
@@ -74,34 +118,54 @@ pub enum NotReady {
 }
 
 impl RequestBody {
-    /// Reads `body` ahead for up to `wait` (module docs); `None` does not wait (a gRPC call to
-    /// an HTTP/2 upstream). A body already known to be empty (no `Content-Length`/
-    /// `Transfer-Encoding`, `Content-Length: 0`, HTTP/2 `END_STREAM` on the head) is ready at
-    /// once.
+    /// A body handed on as it arrives, without waiting (the benchmark's bare pool).
+    pub fn streamed(body: Incoming) -> RequestBody {
+        RequestBody {
+            ahead: VecDeque::new(),
+            held: None,
+            rest: body,
+            trailer_rules: None,
+        }
+    }
+
+    /// Reads `body` ahead as `wait` says, for up to `limit` (module docs). A body already known
+    /// to be empty (no `Content-Length`/`Transfer-Encoding`, `Content-Length: 0`, HTTP/2
+    /// `END_STREAM` on the head) is ready at once.
     pub async fn ready(
         body: Incoming,
-        wait: Option<Duration>,
-        trailer_rules: Option<Arc<ScrubRules>>,
+        wait: BodyWait,
+        limit: Duration,
+        slots: &ReadAheadSlots,
+        trailer_rules: Arc<ScrubRules>,
     ) -> Result<RequestBody, NotReady> {
         let mut ready = RequestBody {
-            ahead: VecDeque::new(),
-            rest: body,
-            trailer_rules,
+            trailer_rules: Some(trailer_rules),
+            ..RequestBody::streamed(body)
         };
-        let Some(wait) = wait.filter(|_| !ready.rest.is_end_stream()) else {
-            return Ok(ready);
+        let enough = match wait {
+            _ if ready.rest.is_end_stream() => return Ok(ready),
+            BodyWait::Nothing => return Ok(ready),
+            BodyWait::Start => 1,
+            BodyWait::ReadAhead => match slots.take() {
+                Some(slot) => {
+                    ready.held = Some(slot);
+                    PREFETCH_BYTES
+                }
+                // Every slot is taken (a flood of stalled bodies): stream this one.
+                None => return Ok(ready),
+            },
         };
-        match tokio::time::timeout(wait, ready.read_ahead()).await {
+        match tokio::time::timeout(limit, ready.read_ahead(enough)).await {
             Err(_) => Err(NotReady::TimedOut),
             Ok(Err(error)) => Err(NotReady::Failed(ClientBodyError(error))),
             Ok(Ok(())) => Ok(ready),
         }
     }
 
-    /// Reads frames until the body ends or `PREFETCH_BYTES` of data are here.
-    async fn read_ahead(&mut self) -> Result<(), hyper::Error> {
+    /// Reads frames until the body ends or `enough` bytes of data are here.
+    async fn read_ahead(&mut self, enough: usize) -> Result<(), hyper::Error> {
         let mut bytes = 0;
-        while bytes < PREFETCH_BYTES && !self.rest.is_end_stream() {
+        while bytes < enough && !self.rest.is_end_stream() {
             let Some(frame) = self.rest.frame().await.transpose()? else {
                 break;
             };
@@ -130,6 +194,9 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
         if let Some(frame) = this.ahead.pop_front() {
+            if this.ahead.is_empty() {
+                this.held = None;
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         Pin::new(&mut this.rest)

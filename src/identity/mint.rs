@@ -35,7 +35,8 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Version};
+use http::request::Parts;
+use http::{Method, Request, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -45,7 +46,7 @@ use super::jwks::PublishedJwks;
 use super::signing::SigningKey;
 use crate::authn::{unix_now, Caller, ClaimsSource, Principal};
 use crate::config::{Config, Route, UpstreamProtocol, UpstreamTarget};
-use crate::forward;
+use crate::forward::{self, BodyWait};
 use crate::policy::Authorized;
 use crate::rejection::Rejection;
 use crate::route::Routed;
@@ -78,6 +79,8 @@ pub(crate) struct Outgoing {
     pub upgrade: Option<OnUpgrade>,
     /// Applied to the request body's trailers as they stream through (`scrub::request_trailers`).
     pub trailer_rules: Arc<ScrubRules>,
+    /// How much of the body must be here before the upstream is involved.
+    pub body_wait: BodyWait,
 }
 
 impl UpstreamRequest {
@@ -145,6 +148,7 @@ impl Identity {
         let (target, protocol) = forward::target_of(route, &self.config.upstream);
         let target = target.clone();
         let forward_path = inbound.path.forward_path;
+        let body_wait = body_wait(&parts, authorized.principal());
         if let Principal::Caller(caller) = authorized.principal() {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &caller.claims);
             let assertion = self.assertion(route, &target, caller, &parts.method, &forward_path)?;
@@ -172,6 +176,7 @@ impl Identity {
             protocol,
             upgrade,
             trailer_rules: self.scrub.clone(),
+            body_wait,
         }))
     }
 
@@ -211,5 +216,19 @@ impl Identity {
             tracing::error!(%error, route = %route.id, "cannot sign the identity assertion");
             Rejection::Internal
         })
+    }
+}
+
+/// A gRPC call (an HTTP/2 `POST` with a gRPC content type) may reach the upstream before its body
+/// does: at once for an authenticated caller, once its first message has started for an anonymous
+/// one. Everything else is read ahead (`forward::request_body`).
+fn body_wait(parts: &Parts, principal: &Principal) -> BodyWait {
+    let grpc = parts.version == Version::HTTP_2
+        && parts.method == Method::POST
+        && forward::is_grpc(&parts.headers);
+    match principal {
+        _ if !grpc => BodyWait::ReadAhead,
+        Principal::Caller(_) => BodyWait::Nothing,
+        _ => BodyWait::Start,
     }
 }

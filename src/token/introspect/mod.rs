@@ -59,7 +59,7 @@ mod client;
 mod outcome;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -105,6 +105,9 @@ pub const INACTIVE_ENTRIES: usize = 100_000;
 /// real traffic needs (a call takes milliseconds and answers are cached), well below a file
 /// descriptor limit or an issuer's patience.
 pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// How often "no free call slot" is logged at error level, at most.
+const SLOTS_FULL_LOG_PERIOD_SECS: i64 = 10;
 
 /// Parsed claims kept for the most recently used active answers.
 pub const PARSED_ENTRIES: usize = 512;
@@ -172,6 +175,9 @@ pub struct Introspector {
     flights: Flights<Key, Fetched>,
     /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]).
     calls: Semaphore,
+    /// When "no free call slot" was last logged at error level (unix seconds): a flood would
+    /// otherwise write one line per request.
+    slots_full_logged: AtomicI64,
     stats: Stats,
     /// Issuers already reported (at error level) as having no introspection endpoint.
     warned_no_endpoint: DashSet<usize>,
@@ -223,6 +229,7 @@ impl Introspector {
             parsed: DashMap::default(),
             flights: Flights::new(),
             calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            slots_full_logged: AtomicI64::new(i64::MIN),
             stats: Stats {
                 metrics,
                 ..Stats::default()
@@ -440,10 +447,24 @@ impl Introspector {
         let Ok(Ok(_slot)) = tokio::time::timeout(config.fetch_timeout, self.calls.acquire()).await
         else {
             self.stats.call(IntrospectionOutcome::Error);
-            tracing::error!(
-                issuer = issuer_id,
-                "introspection call not made: {MAX_CALLS_IN_FLIGHT} calls were in flight for the whole fetch_timeout"
-            );
+            let last = self.slots_full_logged.load(Ordering::Relaxed);
+            let due = call.now_unix.saturating_sub(last) >= SLOTS_FULL_LOG_PERIOD_SECS;
+            let ours = due
+                && self
+                    .slots_full_logged
+                    .compare_exchange(last, call.now_unix, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if ours {
+                tracing::error!(
+                    issuer = issuer_id,
+                    "introspection call not made: {MAX_CALLS_IN_FLIGHT} calls were in flight for the whole fetch_timeout (logged at most every {SLOTS_FULL_LOG_PERIOD_SECS} s; tokengate_introspection_requests_total{{outcome=\"error\"}} counts each)"
+                );
+            } else {
+                tracing::debug!(
+                    issuer = issuer_id,
+                    "introspection call not made: no free call slot"
+                );
+            }
             return Fetched::Failed;
         };
         let answer = client::call(&call.issuer, &endpoint, settings, &call.token).await;
