@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod trace;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 pub use access::{access, flush_on_park, flush_on_stop, AccessLine, ACCESS_TARGET};
@@ -25,33 +26,44 @@ pub fn init() -> WorkerGuard {
             64 * 1024,
             std::io::stderr(),
         ));
-    let filter = std::env::var("TOKENGATE_LOG")
+    let directives = std::env::var("TOKENGATE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| "info".to_owned());
     let json = std::env::var("TOKENGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let access_writer = writer.clone();
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    // A second init (tests) keeps the first subscriber.
-    let installed = if json {
-        // `span`: the event's innermost span — inside a request the request's (`request_id`,
-        // also in tasks the request spawns), outside one the connection's (`peer`); `spans`:
-        // the whole chain, so a request's events name its peer too. The human format prints
-        // the chain as `conn{listener peer}:request{request_id}`.
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .try_init()
-    } else {
-        builder.try_init()
+    // `span`: the event's innermost span — inside a request the request's (`request_id`, also in
+    // tasks the request spawns), outside one the connection's (`peer`); `spans`: the whole
+    // chain, so a request's events name its peer too. The human format prints the chain as
+    // `conn{listener peer}:request{request_id}`. A second init (tests) keeps the first
+    // subscriber.
+    macro_rules! install {
+        ($builder:expr) => {
+            if json {
+                $builder
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .try_init()
+            } else {
+                $builder.try_init()
+            }
+        };
+    }
+    // A plain level (the usual case) is a static filter: an `EnvFilter` also does per-span
+    // bookkeeping on every span enter and exit, a cost each request pays several times.
+    let installed = match directives.trim().parse::<LevelFilter>() {
+        Ok(level) => install!(builder.with_max_level(level)),
+        Err(_) => {
+            let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+            install!(builder.with_env_filter(filter))
+        }
     };
     if installed.is_ok() && !ansi {
         // Access lines are formatted by `access` in this subscriber's layout (a coloured
