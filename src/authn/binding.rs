@@ -108,10 +108,7 @@ impl Senders {
         }
         match cnf.get("x5t#S256").map(Value::as_str) {
             Some(Some(bound)) if client_cert == Some(bound) => Ok(auth),
-            Some(_) => Err(invalid(
-                Reason::SenderConstraint,
-                "token is bound to a TLS client certificate this connection did not present",
-            )),
+            Some(_) => Err(invalid(Reason::SenderConstraint, CERT_NOT_PRESENTED)),
             None => Err(unknown_binding()),
         }
     }
@@ -155,7 +152,7 @@ impl Senders {
                 return Err(self.challenge(
                     DpopError::InvalidToken,
                     Reason::SenderConstraint,
-                    "token is bound to a TLS client certificate this connection did not present",
+                    CERT_NOT_PRESENTED,
                 ));
             }
         }
@@ -272,6 +269,8 @@ fn has_unknown_binding(cnf: &serde_json::Map<String, Value>) -> bool {
 }
 
 const UNKNOWN_BINDING: &str = "token is bound by a confirmation method tokengate cannot check";
+const CERT_NOT_PRESENTED: &str =
+    "token is bound to a TLS client certificate this connection did not present";
 
 fn unknown_binding() -> Rejection {
     invalid(Reason::SenderConstraint, UNKNOWN_BINDING)

@@ -158,7 +158,12 @@ impl RequestBody {
         match tokio::time::timeout(limit, ready.read_ahead(enough)).await {
             Err(_) => Err(NotReady::TimedOut),
             Ok(Err(error)) => Err(NotReady::Failed(ClientBodyError(error))),
-            Ok(Ok(())) => Ok(ready),
+            Ok(Ok(())) => {
+                if ready.ahead.is_empty() {
+                    ready.held = None;
+                }
+                Ok(ready)
+            }
         }
     }
 
