@@ -52,13 +52,6 @@ fn public_config(echo: &Echo, server: &str, upstream: &str) -> String {
     )
 }
 
-/// One plain HTTP/1.1 GET; the status, or `None` when no response came back.
-async fn h1_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let bytes = wire::request("GET", path, "tokengate.test", &[]);
-    let exchange = wire::exchange(addr, &bytes, Duration::from_secs(5)).await;
-    exchange.replies(&[]).first().map(|r| r.status)
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Upstream lockout by request bodies that never arrive
 // ---------------------------------------------------------------------------------------------
@@ -110,7 +103,7 @@ async fn one_client_with_unsent_request_bodies_cannot_lock_others_out_of_the_ups
     let started = Instant::now();
     let mut statuses = Vec::new();
     loop {
-        let status = h1_status(gate.addr, "/legit").await;
+        let status = wire::get_status(gate.addr, "/legit").await;
         statuses.push(status);
         if status == Some(200) {
             break;

@@ -32,14 +32,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -48,58 +46,12 @@ use tokio::net::TcpStream;
 use support::dpop::{cnf, Es256, Proof};
 use support::echo::Echo;
 use support::gate::Gate;
-use support::h2_upstream::{handler, H2Upstream, Options, TestBody};
+use support::h2_upstream::{handler, H2Upstream, Options};
 use support::h2raw::{self, H2Client};
 use support::issuer::{MockIssuer, INTROSPECTION_CLIENT};
-use support::process;
 use support::wire;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One plain HTTP/1.1 GET; the status, or `None` when no response came back.
-async fn h1_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let bytes = wire::request("GET", path, "tokengate.test", &[]);
-    let exchange = wire::exchange(addr, &bytes, Duration::from_secs(5)).await;
-    exchange.replies(&[]).first().map(|r| r.status)
-}
-
-/// Polls a plain GET on `path` until it answers 200, at most `limit`; the statuses seen and
-/// whether 200 came.
-async fn served_within(addr: SocketAddr, path: &str, limit: Duration) -> (Vec<Option<u16>>, bool) {
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    loop {
-        let status = h1_status(addr, path).await;
-        statuses.push(status);
-        if status == Some(200) {
-            return (statuses, true);
-        }
-        if started.elapsed() >= limit {
-            return (statuses, false);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// A new ES256 identity signing key in a temp dir (kept by the caller).
-fn identity_key() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("identity.pem");
-    let out = process::run(
-        &[
-            "keygen",
-            "--alg",
-            "ES256",
-            "--out",
-            key.to_str().expect("utf-8 path"),
-        ],
-        dir.path(),
-        &[],
-        WAIT,
-    );
-    assert_eq!(out.code(), Some(0), "keygen failed: {out:?}");
-    (dir, key)
-}
 
 /// An `[[issuer]]` block for `issuer` with explicit `clock_skew` and `fetch_timeout`, and
 /// optionally `[issuer.introspection]` at the mock's `/introspect`.
@@ -158,7 +110,8 @@ async fn one_body_byte_then_silence_cannot_lock_others_out_of_an_http1_upstream(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (statuses, served) = served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
+    let (statuses, served) =
+        wire::served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
     assert!(
         served,
         "two requests that sent one body byte each keep every other client out of the upstream: \
@@ -190,7 +143,7 @@ async fn bodiless_streams_cannot_lock_others_out_of_an_http2_upstream() {
         },
         handler(|req: Request<Incoming>| async move {
             let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
-            Response::new(full(format!("{body:?}")))
+            Response::new(support::h2_upstream::text_body(format!("{body:?}")))
         }),
     )
     .await;
@@ -206,7 +159,7 @@ async fn bodiless_streams_cannot_lock_others_out_of_an_http2_upstream() {
     );
     // Setup: the route works.
     assert_eq!(
-        h1_status(gate.addr, "/setup").await,
+        wire::get_status(gate.addr, "/setup").await,
         Some(200),
         "{}",
         gate.log()
@@ -224,7 +177,8 @@ async fn bodiless_streams_cannot_lock_others_out_of_an_http2_upstream() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (statuses, served) = served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
+    let (statuses, served) =
+        wire::served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
     assert!(
         served,
         "two bodiless HTTP/2 streams keep every other client out of the HTTP/2 upstream: \
@@ -232,12 +186,6 @@ async fn bodiless_streams_cannot_lock_others_out_of_an_http2_upstream() {
         gate.log()
     );
     drop(held);
-}
-
-fn full(text: String) -> TestBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +212,7 @@ async fn a_flood_of_garbage_opaque_tokens_does_not_open_one_introspection_call_e
     let issuer = MockIssuer::start().await;
     issuer.configure(|s| s.introspection_delay = Duration::from_secs(3));
     let echo = Echo::start().await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [upstream]\nurl = \"http://{}\"\ntimeout = \"5s\"\n\n{}\n\
@@ -355,7 +303,7 @@ async fn dpop_get(gate: &Gate, token: &str, proof: &str) -> u16 {
 async fn a_used_dpop_proof_is_not_accepted_again_after_a_reload_that_lengthens_max_age() {
     let issuer = MockIssuer::start().await;
     let echo = Echo::start().await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let mut gate = Gate::start_ready(&dpop_toml(&issuer, &echo, &key, "max_age = \"2s\"")).await;
     let client = Es256::new(7);
     let token = issuer.token("ES256", json!({"cnf": cnf(&client)}));
@@ -418,7 +366,7 @@ async fn a_used_dpop_proof_is_not_accepted_again_after_a_reload_that_lengthens_m
 async fn a_token_bound_to_a_certificate_is_refused_without_it_even_with_a_dpop_proof() {
     let issuer = MockIssuer::start().await;
     let echo = Echo::start().await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let gate = Gate::start_ready(&dpop_toml(&issuer, &echo, &key, "")).await;
     let client = Es256::new(9);
     let x5t = support::dpop::b64([0x5a_u8; 32]);
@@ -469,7 +417,7 @@ async fn trace_context_sent_as_request_trailers_never_reaches_the_upstream() {
             async move {
                 let collected = req.into_body().collect().await.expect("request body");
                 *recorder.lock().unwrap() = collected.trailers().cloned();
-                Response::new(full("ok".to_owned()))
+                Response::new(support::h2_upstream::text_body("ok".to_owned()))
             }
         }),
     )

@@ -28,79 +28,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
 use support::dpop::{cnf, Es256, Proof};
 use support::echo::Echo;
 use support::gate::Gate;
-use support::h2_upstream::{handler, H2Upstream, Options, TestBody};
+use support::h2_upstream::{handler, H2Upstream, Options};
 use support::h2raw::{self, H2Client};
 use support::issuer::MockIssuer;
-use support::process;
 use support::wire;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One plain HTTP/1.1 GET; the status, or `None` when no response came back.
-async fn h1_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let bytes = wire::request("GET", path, "tokengate.test", &[]);
-    let exchange = wire::exchange(addr, &bytes, Duration::from_secs(5)).await;
-    exchange.replies(&[]).first().map(|r| r.status)
-}
-
-/// Polls a plain GET on `path` until it answers 200, at most `limit`; the statuses seen and
-/// whether 200 came.
-async fn served_within(addr: SocketAddr, path: &str, limit: Duration) -> (Vec<Option<u16>>, bool) {
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    loop {
-        let status = h1_status(addr, path).await;
-        statuses.push(status);
-        if status == Some(200) {
-            return (statuses, true);
-        }
-        if started.elapsed() >= limit {
-            return (statuses, false);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn full(text: String) -> TestBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A new ES256 identity signing key in a temp dir (kept by the caller).
-fn identity_key() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("identity.pem");
-    let out = process::run(
-        &[
-            "keygen",
-            "--alg",
-            "ES256",
-            "--out",
-            key.to_str().expect("utf-8 path"),
-        ],
-        dir.path(),
-        &[],
-        WAIT,
-    );
-    assert_eq!(out.code(), Some(0), "keygen failed: {out:?}");
-    (dir, key)
-}
 
 /// An HTTP/2 upstream advertising `SETTINGS_MAX_CONCURRENT_STREAMS = 2` that reads each request
 /// body to its end before answering, and counts the requests whose head reached it.
@@ -116,7 +62,7 @@ async fn counting_h2_upstream() -> (H2Upstream, Arc<AtomicUsize>) {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
-                Response::new(full(format!("{body:?}")))
+                Response::new(support::h2_upstream::text_body(format!("{body:?}")))
             }
         }),
     )
@@ -158,7 +104,7 @@ async fn bodiless_grpc_streams_cannot_lock_others_out_of_an_http2_upstream() {
     let (upstream, _heads) = counting_h2_upstream().await;
     let gate = h2_upstream_gate(&upstream);
     assert_eq!(
-        h1_status(gate.addr, "/setup").await,
+        wire::get_status(gate.addr, "/setup").await,
         Some(200),
         "{}",
         gate.log()
@@ -181,7 +127,8 @@ async fn bodiless_grpc_streams_cannot_lock_others_out_of_an_http2_upstream() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (statuses, served) = served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
+    let (statuses, served) =
+        wire::served_within(gate.addr, "/legit", Duration::from_secs(10)).await;
     assert!(
         served,
         "two bodiless application/grpc streams from one client keep every other client out of \
@@ -210,7 +157,7 @@ async fn content_types_that_only_look_like_grpc_wait_for_the_body() {
     let (upstream, heads) = counting_h2_upstream().await;
     let gate = h2_upstream_gate(&upstream);
     assert_eq!(
-        h1_status(gate.addr, "/setup").await,
+        wire::get_status(gate.addr, "/setup").await,
         Some(200),
         "{}",
         gate.log()
@@ -303,7 +250,7 @@ async fn stalled_request_bodies_cannot_grow_the_proxy_without_bound() {
         &[],
     );
     assert_eq!(
-        h1_status(gate.addr, "/setup").await,
+        wire::get_status(gate.addr, "/setup").await,
         Some(200),
         "{}",
         gate.log()
@@ -378,7 +325,7 @@ async fn get_status(gate: &Gate, scheme: &str, token: &str, proof: Option<&str>)
 async fn a_confirmation_method_next_to_jkt_that_cannot_be_checked_is_not_ignored() {
     let issuer = MockIssuer::start().await;
     let echo = Echo::start().await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let gate = Gate::start_ready(&dpop_toml(&issuer, &echo, &key)).await;
     let client = Es256::new(11);
 

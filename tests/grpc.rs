@@ -29,7 +29,6 @@ use bytes::Bytes;
 use http::Request as HttpRequest;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tokengate::keygen::{self, KeygenAlg};
 use tonic::codegen::tokio_stream::{self, wrappers::ReceiverStream};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -103,18 +102,10 @@ struct World {
     _keys: tempfile::TempDir,
 }
 
-/// A fresh ES256 identity key in a temp dir.
-fn identity_key() -> (tempfile::TempDir, std::path::PathBuf) {
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("identity.pem");
-    keygen::run(KeygenAlg::Es256, &key, false).unwrap();
-    (keys, key)
-}
-
 async fn world(setup: Setup<'_>) -> World {
     let issuer = MockIssuer::start().await;
     let echo = EchoServer::start(setup.max_streams).await;
-    let (keys, key) = identity_key();
+    let (keys, key) = support::identity_key();
     let proxy = Proxy::start(&config(&issuer, echo.addr, &key, &setup)).await;
     wait_ready(&proxy).await;
     World {
@@ -650,7 +641,7 @@ async fn unavailable_issuer_keys_are_unavailable_with_retry_after() {
     let issuer = MockIssuer::start().await;
     issuer.set_jwks_mode(JwksMode::Status(503));
     let echo = EchoServer::start(None).await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let proxy = Proxy::start(&config(&issuer, echo.addr, &key, &Setup::default())).await;
     let token = issuer.token("ES256", json!({"scope": "echo:read"}));
     let mut request = grpc::request(Msg::text("hello"), Some(&token));
@@ -731,7 +722,7 @@ async fn a_hundred_mib_each_way_in_small_messages_keeps_the_proxy_rss_flat() {
     let total = stream_size();
     let issuer = MockIssuer::start().await;
     let echo = EchoServer::start(None).await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let setup = Setup {
         timeout: "600s", // an upload's answer comes once all of it is read
         ..Setup::default()
@@ -824,7 +815,7 @@ async fn a_hundred_mib_each_way_in_small_messages_keeps_the_proxy_rss_flat() {
 async fn a_call_whose_client_sends_nothing_yet_reaches_the_service_at_once() {
     let issuer = MockIssuer::start().await;
     let echo = EchoServer::start(None).await;
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let toml = config(&issuer, echo.addr, &key, &Setup::default())
         .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
     let proxy = Proxy::start(&toml).await;

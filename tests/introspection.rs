@@ -25,7 +25,6 @@ use support::echo::Echo;
 use support::issuer::{IntrospectionAuth, IntrospectionFailure, MockIssuer, INTROSPECTION_CLIENT};
 use support::pki::{pki, x5t_s256, Pki};
 use support::{get, wait_ready, Answer, Proxy};
-use tokengate::keygen::{self, KeygenAlg};
 
 /// How one issuer introspects.
 struct Intro<'a> {
@@ -93,17 +92,9 @@ struct World {
     _keys: tempfile::TempDir,
 }
 
-/// An identity key in a temp dir (kept as long as the world).
-fn identity_key() -> (tempfile::TempDir, std::path::PathBuf) {
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("identity.pem");
-    keygen::run(KeygenAlg::Es256, &key, false).unwrap();
-    (keys, key)
-}
-
 async fn start_with(intro: &Intro<'_>) -> World {
     let (issuer, echo) = (MockIssuer::start().await, Echo::start().await);
-    let (keys, key) = identity_key();
+    let (keys, key) = support::identity_key();
     let issuers = issuer_block(&issuer, "first", intro);
     let proxy = Proxy::start(&config(&echo, &issuers, "", &key)).await;
     wait_ready(&proxy).await;
@@ -439,7 +430,7 @@ async fn two() -> Two {
         MockIssuer::start().await,
         Echo::start().await,
     );
-    let (keys, key) = identity_key();
+    let (keys, key) = support::identity_key();
     let issuers = format!(
         "{}{}",
         issuer_block(&first, "first", &INTRO),
@@ -562,7 +553,7 @@ async fn an_answers_x5t_s256_is_checked_against_the_tls_client_certificate() {
         pki(),
         tempfile::tempdir().unwrap(),
     );
-    let (_keys, key) = identity_key();
+    let (_keys, key) = support::identity_key();
     let issuers = issuer_block(&issuer, "first", &INTRO);
     let proxy = Proxy::start(&config(&echo, &issuers, &pki.server_tls_toml(&dir), &key)).await;
     wait_ready(&proxy).await;

@@ -397,3 +397,11 @@ async fn raw_conn(
         tcp.write_all(&answer).await?;
     }
 }
+
+/// A whole response body of `text`.
+pub fn text_body(text: String) -> TestBody {
+    use http_body_util::BodyExt as _;
+    http_body_util::Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}

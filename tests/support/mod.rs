@@ -247,3 +247,11 @@ impl hyper::body::Body for Channel {
             .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
     }
 }
+
+/// A new ES256 identity signing key in a temporary directory (keep the directory alive).
+pub fn identity_key() -> (tempfile::TempDir, std::path::PathBuf) {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("identity.pem");
+    tokengate::keygen::run(tokengate::keygen::KeygenAlg::Es256, &key, false).expect("keygen");
+    (keys, key)
+}

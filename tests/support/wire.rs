@@ -192,3 +192,32 @@ fn dechunk(mut rest: &[u8]) -> Option<(Vec<u8>, &[u8])> {
         rest = rest.get(size + 2..)?;
     }
 }
+
+/// One plain HTTP/1.1 `GET` of `path`; its status, or `None` when no response came back.
+pub async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let bytes = request("GET", path, "tokengate.test", &[]);
+    let exchange = exchange(addr, &bytes, Duration::from_secs(5)).await;
+    exchange.replies(&[]).first().map(|r| r.status)
+}
+
+/// Polls [`get_status`] on `path` until it answers 200, at most `limit`: the statuses seen, and
+/// whether 200 came (the check that other clients are still served during an attack).
+pub async fn served_within(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> (Vec<Option<u16>>, bool) {
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let status = get_status(addr, path).await;
+        statuses.push(status);
+        if status == Some(200) {
+            return (statuses, true);
+        }
+        if started.elapsed() >= limit {
+            return (statuses, false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
