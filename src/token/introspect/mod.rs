@@ -23,9 +23,9 @@
 //!      `active: false`; if any could not be asked, [`IntrospectionError::Unavailable`] (its
 //!      answer might have been "active", so "inactive" cannot be concluded; and a token is never
 //!      let through without an answer).
-//! 3. **Single-flight** per (issuer, token) (`crate::cache::Flights`): concurrent misses make one call, made
-//!    in a task of its own so a leader whose client hangs up does not fail the waiters. The task
-//!    caches the result before publishing it.
+//! 3. **Single-flight** per (issuer, token) (`crate::cache::Flights`): concurrent misses make
+//!    one call, made in a task of its own so a leader whose client hangs up does not fail the
+//!    waiters. The task caches the result before publishing it.
 //!
 //! 4. **Bounded calls**: at most [`MAX_CALLS_IN_FLIGHT`] calls are open at once. Any random
 //!    string is a new token, so without a bound one unauthenticated client could make the proxy
@@ -33,9 +33,9 @@
 //!    a free slot up to the issuer's `fetch_timeout`, then fails like an unreachable endpoint
 //!    (503; never an accept). Cached answers are served all the same.
 //!
-//! Caching (`crate::cache::TtlCache`), keyed by (issuer index, SHA-256 of the whole token), never the raw
-//! token: active answers for `min(cache_ttl, exp - now)` (the answer's `exp`, or the implied one,
-//! see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never. Active answers are
+//! Caching (`crate::cache::TtlCache`), keyed by (issuer index, SHA-256 of the whole token),
+//! never the raw token: active answers for `min(cache_ttl, exp - now)` (the answer's `exp`, or
+//! the implied one, see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never. Active answers are
 //! checked again on every use (`exp`/`nbf` against the injected `now_unix`), so a cached answer
 //! whose `nbf` has come is accepted and one past `exp` is refused. Two caches with separate
 //! bounds ([`ACTIVE_ENTRIES`], [`INACTIVE_ENTRIES`]): `active: false` answers cost a client
