@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use support::h2_upstream::{
-    handler, BoxError, H2Upstream, Handler, Options, RawH2, Reply, TestBody,
+    handler, BoxError, Frames, H2Upstream, Handler, Options, RawH2, Reply, TestBody,
 };
 use tokengate::config::UpstreamTarget;
 use tokengate::forward::h2::{H2Body, H2Error, H2Limits, H2Pool};
@@ -128,25 +128,6 @@ fn gated(arrived: Arc<AtomicUsize>, gate: watch::Receiver<u32>) -> Handler {
             Response::new(full("ok"))
         }
     })
-}
-
-/// A body made of the given frames (data and trailers).
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// `total` bytes in 64 KiB chunks, generated as they are polled. Before each chunk it records

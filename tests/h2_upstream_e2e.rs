@@ -36,7 +36,7 @@ use tokio::sync::{oneshot, watch};
 
 use support::gate::Gate;
 use support::h2_upstream::{
-    handler, BoxError, H2Upstream, Handler, Options, RawH2, Reply, TestBody,
+    handler, BoxError, Frames, H2Upstream, Handler, Options, RawH2, Reply, TestBody,
 };
 use support::issuer::MockIssuer;
 use support::{wait_ready, Proxy};
@@ -51,9 +51,7 @@ const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
 // Bodies
 // ---------------------------------------------------------------------------------------------
 
-/// A body made of the given frames (data and trailers), with no known length.
-struct Frames(VecDeque<Frame<Bytes>>);
-
+/// The body `data` followed by `trailers`.
 impl Frames {
     fn new(data: &'static [u8], trailers: &[(&str, &str)]) -> Frames {
         let mut map = HeaderMap::new();
@@ -67,22 +65,6 @@ impl Frames {
             Frame::data(Bytes::from_static(data)),
             Frame::trailers(map),
         ]))
-    }
-}
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -405,3 +405,23 @@ pub fn text_body(text: String) -> TestBody {
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// A request or response body made of the given frames (data and trailers), with no known
+/// length.
+pub struct Frames(pub std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
