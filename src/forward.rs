@@ -236,10 +236,20 @@ pub fn target_of<'a>(
     )
 }
 
-/// Whether the request claims to be a gRPC call: exactly one `content-type`, `application/grpc`
-/// alone or followed by `+subtype` or `;parameters` (not `application/grpc-web`, nor a longer
-/// word that starts the same).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+/// Whether tokengate's own errors go to this request in gRPC form (SPEC §6): its `content-type`
+/// starts with `application/grpc`. Looser than [`is_grpc_call`] on purpose: a client that says
+/// anything gRPC-like is better served by an answer it can read.
+pub fn wants_grpc_errors(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether the request is a gRPC call for the body wait (`request_body`): exactly one
+/// `content-type`, `application/grpc` alone or followed by `+subtype` or `;parameters` (not
+/// `application/grpc-web`, nor a longer word that starts the same). Strict, because it lets a
+/// request reach the upstream before its body.
+pub fn is_grpc_call(headers: &HeaderMap) -> bool {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let (Some(value), None) = (types.next(), types.next()) else {
         return false;
@@ -394,5 +404,32 @@ mod tests {
         for bad in ["", "S", "1", "1s", "123456789S", "-1S", "1.5S", "xS"] {
             assert_eq!(timeout_of(bad), None, "{bad:?}");
         }
+    }
+
+    fn content_types(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(http::header::CONTENT_TYPE, v.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_an_exact_grpc_content_type_is_a_grpc_call_but_any_grpc_like_one_gets_grpc_errors() {
+        for call in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=y",
+        ] {
+            let h = content_types(&[call]);
+            assert!(is_grpc_call(&h) && wants_grpc_errors(&h), "{call}");
+        }
+        for lookalike in ["application/grpcx", "application/grpc-web"] {
+            let h = content_types(&[lookalike]);
+            assert!(!is_grpc_call(&h) && wants_grpc_errors(&h), "{lookalike}");
+        }
+        let two = content_types(&["application/grpc", "application/json"]);
+        assert!(!is_grpc_call(&two));
+        assert!(!is_grpc_call(&content_types(&[])) && !wants_grpc_errors(&content_types(&[])));
     }
 }

@@ -41,7 +41,7 @@ impl RequestCtx {
             start: Instant::now(),
             span,
             route: None,
-            grpc: crate::forward::is_grpc(headers),
+            grpc: crate::forward::wants_grpc_errors(headers),
         }
     }
 

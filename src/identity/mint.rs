@@ -225,7 +225,7 @@ impl Identity {
 fn body_wait(parts: &Parts, principal: &Principal) -> BodyWait {
     let grpc = parts.version == Version::HTTP_2
         && parts.method == Method::POST
-        && forward::is_grpc(&parts.headers);
+        && forward::is_grpc_call(&parts.headers);
     match principal {
         _ if !grpc => BodyWait::ReadAhead,
         Principal::Caller(_) => BodyWait::Nothing,
