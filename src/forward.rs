@@ -180,7 +180,9 @@ impl UpstreamClient {
             Pools::Http1(pool) => tokio::time::timeout(timeout, pool.send(req))
                 .await
                 .map(|r| r.map(|r| r.map(UpstreamBody::Http1))),
-            Pools::Http2(pool) => tokio::time::timeout(timeout, pool.send(req))
+            // Boxed: the HTTP/2 exchange is a large future, and every request's future (HTTP/1
+            // upstreams included) would otherwise be that large and copied as such.
+            Pools::Http2(pool) => tokio::time::timeout(timeout, Box::pin(pool.send(req)))
                 .await
                 .map(|r| r.map(|r| r.map(UpstreamBody::Http2)).map_err(from_h2)),
         };

@@ -45,15 +45,25 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     /// base64url SHA-256 of the TLS client certificate, when one was presented (RFC 8705).
     pub client_cert: Option<String>,
+    /// The connection's span (its peer): the parent of each request's span. Named as the
+    /// parent rather than entered around every poll of the connection, which costs a span
+    /// lookup on each of them.
+    pub span: tracing::Span,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, scheme: Scheme, client_cert: Option<String>) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        scheme: Scheme,
+        client_cert: Option<String>,
+        span: tracing::Span,
+    ) -> Self {
         ConnInfo {
             peer,
             peer_value: crate::scrub::address_value(peer.ip()),
             scheme,
             client_cert,
+            span,
         }
     }
 }

@@ -269,7 +269,7 @@ impl State {
             .map(|n| n.as_str().to_owned())
             .collect();
         let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        let conn = Arc::new(ConnInfo::new(peer, scheme, None));
+        let conn = Arc::new(ConnInfo::new(peer, scheme, None, tracing::Span::none()));
 
         // 0, 1: framing, method, host, path.
         let inbound = match Inbound::admit(req, conn, framing, &config.server) {

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tracing::Instrument as _;
 
 pub use ctx::RequestCtx;
 
@@ -99,25 +98,29 @@ impl Gateway {
         })
     }
 
-    /// Answers one request. Never fails: every problem becomes a `Rejection` response.
+    /// Answers one request. Never fails: every problem becomes a `Rejection` response. Takes its
+    /// generation by `Arc` so that the listener's handler can return this future as it is.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         framing: Framing,
     ) -> Response<ProxyBody> {
-        let mut ctx = RequestCtx::new(req.headers(), req.method(), &self.tracing);
-        let (span, trace) = (ctx.span.clone(), ctx.trace.clone());
-        let run = self.run(req, conn, framing, &mut ctx);
-        let result = trace::scope(&self.tracing, &trace, run)
-            .instrument(span)
-            .await;
+        let mut ctx = RequestCtx::new(req.headers(), req.method(), &self.tracing, &conn);
+        let (log, trace) = (ctx.take_log(), ctx.trace.clone());
+        // Pinned here and wrapped by reference: the phases' future is the request's largest
+        // value, and a wrapper taking it by value would copy it.
+        let result = {
+            let run = std::pin::pin!(self.run(req, conn, framing, &mut ctx));
+            trace::scope(&self.tracing, &trace, log, run).await
+        };
         self.finish(result, ctx)
     }
 
     /// The phases, in SPEC §4's order. One async function with synchronous phases and boxed
     /// slow paths: each nested async layer would add its own copy of the request to a future
-    /// that is moved on every request.
+    /// that is moved on every request. The blocks end each value's storage before the next
+    /// `await`, so the future does not keep room for values already moved on.
     async fn run(
         &self,
         req: Request<Incoming>,
@@ -125,33 +128,37 @@ impl Gateway {
         framing: Framing,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Rejection> {
-        // 0, 1: framing, method, host, path.
-        let inbound = Inbound::admit(req, conn, framing, &self.config.server)?;
-        // The published keys take precedence over every route and are never authenticated.
-        if is_published_keys(&inbound) {
-            return Ok(self.identity.jwks().response().map(Either::Right));
-        }
-        // 2: the first matching route.
-        let routed = self.route(inbound, ctx)?;
-        // 3, 4: the credential, verified (signature or introspection, sender constraints).
-        let credential = authn::extract(&routed)?;
-        let verified = self.authn.verify(credential, &routed).await?;
-        // 5: userinfo enrichment.
-        let issuers = self.authn.issuers();
-        let principal = self
-            .userinfo
-            .enrich_caller(verified, routed.route, issuers)
-            .await?;
-        ctx.caller(&principal);
-        // 6: the route's policy.
-        let authorized = policy::authorize(routed.route, principal)?;
-        // 7: header hygiene and the identity the upstream receives.
-        // The upstream's `traceparent` names the request's span (SPEC §8); the upstream call is
-        // recorded as a CLIENT child of it.
-        let upstream = self
-            .identity
-            .mint(authorized, routed, ctx.request_id(), &ctx.trace)?;
-        let call = ctx.trace.child();
+        let (upstream, call) = {
+            let routed = {
+                // 0, 1: framing, method, host, path.
+                let inbound = Inbound::admit(req, conn, framing, &self.config.server)?;
+                // The published keys take precedence over every route and are never authenticated.
+                if is_published_keys(&inbound) {
+                    return Ok(self.identity.jwks().response().map(Either::Right));
+                }
+                // 2: the first matching route.
+                self.route(inbound, ctx)?
+            };
+            // 3, 4: the credential, verified (signature or introspection, sender constraints).
+            let credential = authn::extract(&routed)?;
+            let verified = self.authn.verify(credential, &routed).await?;
+            // 5: userinfo enrichment.
+            let issuers = self.authn.issuers();
+            let principal = self
+                .userinfo
+                .enrich_caller(verified, routed.route, issuers)
+                .await?;
+            ctx.caller(&principal);
+            // 6: the route's policy.
+            let authorized = policy::authorize(routed.route, principal)?;
+            // 7: header hygiene and the identity the upstream receives.
+            // The upstream's `traceparent` names the request's span (SPEC §8); the upstream call
+            // is recorded as a CLIENT child of it.
+            let upstream = self
+                .identity
+                .mint(authorized, routed, ctx.request_id(), &ctx.trace)?;
+            (upstream, ctx.trace.child())
+        };
         // 8: forward and stream back.
         let sent = Instant::now();
         let response = self.upstream.send(upstream).await;

@@ -19,24 +19,25 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument as _;
+use tracing::{Instrument as _, Span};
 
 use super::framing_guard::{FramingGuard, HeadFlags};
 use super::rewind::{Rewind, MAX_PREFIX};
@@ -56,7 +57,7 @@ const HYPER_MIN_BUF: usize = 8192;
 /// Connection-level settings, read from the configuration at start (listeners are not reloaded).
 pub(super) struct ConnSettings {
     h1: http1::Builder,
-    h2: http2::Builder<SpanExecutor>,
+    h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     /// `Some` when `[server.tls]` is configured: every connection is TLS.
@@ -72,7 +73,7 @@ impl ConnSettings {
         h1.timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(buf);
-        let mut h2 = http2::Builder::new(SpanExecutor);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(server.max_concurrent_streams)
             .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
@@ -86,21 +87,6 @@ impl ConnSettings {
     }
 }
 
-/// hyper's HTTP/2 server runs each stream as a task of its own; this executor keeps the
-/// connection's span (its peer) on them, as HTTP/1.1 requests have it by running inline.
-#[derive(Clone, Copy)]
-pub(super) struct SpanExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpanExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut.in_current_span());
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
     Http1,
@@ -109,12 +95,15 @@ enum Proto {
 
 /// Serves one accepted connection until it closes, the server cuts it off, or a deadline passes.
 /// Until its first request is being served, a connection is idle: shutdown drops it at once.
+/// `span` (the peer) is entered for the connection's own events and is the parent of its
+/// requests' spans; it is not entered around each poll of the connection (a lookup each time).
 pub(super) async fn serve<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
     settings: Arc<ConnSettings>,
     handler: H,
     phase: watch::Receiver<Phase>,
+    span: Span,
 ) {
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + settings.header_read_timeout;
@@ -124,26 +113,27 @@ pub(super) async fn serve<H: Handler>(
         None => {
             let mut tcp = tcp;
             let detected = tokio::select! {
-                detected = detect(&mut tcp, None, deadline, peer) => detected,
+                detected = detect(&mut tcp, None, deadline, peer).instrument(span.clone()) => detected,
                 _ = stopping => None,
             };
             let Some((proto, prefix)) = detected else {
                 return;
             };
-            let conn = ConnInfo::new(peer, Scheme::Http, None);
+            let conn = ConnInfo::new(peer, Scheme::Http, None, span);
             let io = Rewind::new(tcp, &prefix);
             run(io, proto, conn, deadline, &settings, &handler, phase).await;
         }
         Some(acceptor) => {
             // Boxed: a TLS stream is large, and plain connections should not carry its size.
             let started = tokio::select! {
-                started = Box::pin(start_tls(acceptor, tcp, peer, deadline)) => started,
+                started = Box::pin(start_tls(acceptor, tcp, peer, deadline).instrument(span.clone())) => started,
                 _ = stopping => None,
             };
             let Some((tls, proto, prefix)) = started else {
                 return;
             };
-            let conn = ConnInfo::new(peer, Scheme::Https, tls::client_cert_thumbprint(&tls));
+            let cert = tls::client_cert_thumbprint(&tls);
+            let conn = ConnInfo::new(peer, Scheme::Https, cert, span);
             let io = Rewind::new(tls, &prefix);
             Box::pin(run(io, proto, conn, deadline, &settings, &handler, phase)).await;
         }
@@ -222,14 +212,13 @@ async fn run<IO, H>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let peer = conn.peer;
     let activity = Arc::new(Activity::default());
     let watchdog = Watchdog {
         activity: activity.clone(),
         first_deadline,
         idle_timeout: settings.idle_timeout,
         closing_grace: CLOSING_GRACE.min(settings.header_read_timeout),
-        peer,
+        span: conn.span.clone(),
     };
     match proto {
         Proto::Http1 => {
@@ -373,7 +362,20 @@ struct Watchdog {
     idle_timeout: Duration,
     /// How long a connection told to close may take to do so before it is dropped.
     closing_grace: Duration,
-    peer: SocketAddr,
+    /// The connection's span (its peer), for the events here.
+    span: Span,
+}
+
+/// What ended one round of [`Watchdog::drive`].
+enum Event {
+    Ended(Result<(), hyper::Error>),
+    /// The server cut off its remaining connections.
+    CutOff,
+    /// The server is draining: no new requests.
+    Drain,
+    Expired(Expired),
+    /// Told to close by a deadline, it did not within `closing_grace`.
+    Lingered,
 }
 
 /// Why a connection should close.
@@ -387,6 +389,10 @@ enum Expired {
 impl Watchdog {
     /// Drives `connection` until it ends: told to close (gracefully) when the server drains or a
     /// deadline passes, dropped when the server cuts off or a connection told to close lingers.
+    ///
+    /// The connection is polled on every wake-up; the watchers (server phase, deadlines) only
+    /// when one of them woke the task ([`SideWaker`]), not on each of the connection's many
+    /// wake-ups per request.
     async fn drive<C>(
         self,
         connection: C,
@@ -400,51 +406,66 @@ impl Watchdog {
         let mut cut = phase.clone();
         let expired = self.expired(proto);
         tokio::pin!(expired);
+        let side = Arc::new(SideWaker::default());
         // Told to close (GOAWAY, or no more keep-alive); then, when a deadline closed it, how long
         // it may linger. Draining is bounded by `shutdown_grace` and the cut-off instead.
         let mut closing = false;
         let mut linger_until: Option<Instant> = None;
         loop {
-            let linger = async {
-                match linger_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
+            let event = {
+                let watch = async {
+                    let linger = async {
+                        match linger_until {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = cut.wait_for(|p| *p == Phase::CutOff) => Event::CutOff,
+                        _ = phase.wait_for(|p| *p != Phase::Serving), if !closing => Event::Drain,
+                        why = &mut expired, if !closing => Event::Expired(why),
+                        _ = linger => Event::Lingered,
+                    }
+                };
+                tokio::pin!(watch);
+                side.arm();
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Ended(result));
+                    }
+                    side.poll(cx, watch.as_mut())
+                })
+                .await
             };
-            tokio::select! {
-                result = connection.as_mut() => {
+            let _entered = self.span.enter();
+            match event {
+                Event::Ended(result) => {
                     if let Err(error) = result {
-                        tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
+                        tracing::debug!(%error, "connection ended with an error");
                     }
                     return;
                 }
-                _ = cut.wait_for(|p| *p == Phase::CutOff) => return,
-                _ = phase.wait_for(|p| *p != Phase::Serving), if !closing => {
-                    shutdown(connection.as_mut());
-                    closing = true;
-                }
-                why = &mut expired, if !closing => {
-                    match why {
-                        Expired::NoRequest => {
-                            tracing::debug!(peer = %self.peer, "no complete request head within header_read_timeout; closing");
-                            if proto == Proto::Http1 {
-                                // A half-sent head: nothing to say to it (a 408 is optional).
-                                return;
-                            }
-                        }
-                        Expired::Idle => {
-                            tracing::debug!(peer = %self.peer, "HTTP/2 connection idle for idle_timeout; sending GOAWAY");
-                        }
+                Event::CutOff => return,
+                Event::Drain => {}
+                Event::Expired(Expired::NoRequest) => {
+                    tracing::debug!("no complete request head within header_read_timeout; closing");
+                    if proto == Proto::Http1 {
+                        // A half-sent head: nothing to say to it (a 408 is optional).
+                        return;
                     }
-                    shutdown(connection.as_mut());
-                    closing = true;
                     linger_until = Some(Instant::now() + self.closing_grace);
                 }
-                _ = linger => {
-                    tracing::debug!(peer = %self.peer, "connection did not close in time; dropping it");
+                Event::Expired(Expired::Idle) => {
+                    tracing::debug!("HTTP/2 connection idle for idle_timeout; sending GOAWAY");
+                    linger_until = Some(Instant::now() + self.closing_grace);
+                }
+                Event::Lingered => {
+                    tracing::debug!("connection did not close in time; dropping it");
                     return;
                 }
             }
+            shutdown(connection.as_mut());
+            closing = true;
         }
     }
 
@@ -481,5 +502,97 @@ impl Watchdog {
                 };
             }
         }
+    }
+}
+
+/// Lets one task poll a second future only when that future woke it: the future is polled with
+/// a waker of its own that raises a flag and then wakes the task.
+#[derive(Default)]
+struct SideWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl SideWaker {
+    /// The next [`SideWaker::poll`] polls the future (a new future must be polled once).
+    fn arm(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+
+    fn poll<F: Future>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        side: Pin<&mut F>,
+    ) -> Poll<F::Output> {
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.clone());
+        side.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+impl Wake for SideWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Counts the wake-ups of the task that drives the connection.
+    #[derive(Default)]
+    struct TaskWakes(AtomicUsize);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_watcher_is_polled_again_only_after_it_woke_the_task() {
+        let side = Arc::new(SideWaker::default());
+        let (polls, ready) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let stored: Mutex<Option<Waker>> = Mutex::new(None);
+        let watcher = std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            if ready.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            *stored.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        let mut watcher = std::pin::pin!(watcher);
+        let task = Arc::new(TaskWakes::default());
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+
+        side.arm();
+        assert!(side.poll(&mut cx, watcher.as_mut()).is_pending());
+        // The connection woke the task, the watcher did not: it is left alone.
+        assert!(side.poll(&mut cx, watcher.as_mut()).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+
+        ready.store(true, Ordering::Relaxed);
+        stored.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            task.0.load(Ordering::Relaxed),
+            1,
+            "its wake-up reaches the task"
+        );
+        assert!(side.poll(&mut cx, watcher.as_mut()).is_ready());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
     }
 }

@@ -30,7 +30,6 @@ use hyper::body::{Body, Incoming};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, ProxyBody};
@@ -76,15 +75,14 @@ struct Proxy(SharedGateway);
 impl Handler for Proxy {
     type Body = ProxyBody;
 
-    async fn handle(
+    fn handle(
         &self,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         framing: Framing,
-    ) -> Response<ProxyBody> {
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
         // A reload swaps the generation; this request keeps the one it started with.
-        let gateway = self.0.load_full();
-        gateway.handle(req, conn, framing).await
+        self.0.load_full().handle(req, conn, framing)
     }
 }
 
@@ -239,13 +237,10 @@ async fn accept_loop<H: Handler>(
         // Every log event of the connection, its requests' included, names the peer.
         let span = tracing::info_span!("conn", listener = name, %peer);
         let open = limits.metrics.as_ref().map(|m| m.connection_opened());
-        tokio::spawn(
-            async move {
-                conn::serve(tcp, peer, settings, handler, phase).await;
-                drop((permit, open, alive));
-            }
-            .instrument(span),
-        );
+        tokio::spawn(async move {
+            conn::serve(tcp, peer, settings, handler, phase, span).await;
+            drop((permit, open, alive));
+        });
     }
 }
 

@@ -4,14 +4,18 @@
 //! that cannot hold them.
 
 mod access;
+mod log_span;
 pub mod metrics;
 pub mod trace;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 pub use access::{access, flush_on_park, flush_on_stop, AccessLine, ACCESS_TARGET};
+pub use log_span::LogSpan;
 pub use metrics::{Metrics, MetricsOptions, RouteMetrics};
 
 /// Installs the global subscriber. Level from `TOKENGATE_LOG`, else `RUST_LOG`, else `info`;
@@ -34,37 +38,40 @@ pub fn init() -> WorkerGuard {
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let access_writer = writer.clone();
-    let builder = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
     // `span`: the event's innermost span — inside a request the request's (`request_id`, also in
     // tasks the request spawns), outside one the connection's (`peer`); `spans`: the whole
     // chain, so a request's events name its peer too. The human format prints the chain as
-    // `conn{listener peer}:request{request_id}`. A second init (tests) keeps the first
-    // subscriber.
-    macro_rules! install {
-        ($builder:expr) => {
-            if json {
-                $builder
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(true)
-                    .try_init()
-            } else {
-                $builder.try_init()
-            }
-        };
-    }
-    // A plain level (the usual case) is a static filter: an `EnvFilter` also does per-span
-    // bookkeeping on every span enter and exit, a cost each request pays several times.
-    let installed = match directives.trim().parse::<LevelFilter>() {
-        Ok(level) => install!(builder.with_max_level(level)),
-        Err(_) => {
-            let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-            install!(builder.with_env_filter(filter))
-        }
+    // `conn{listener peer}:request{request_id}`.
+    let fmt = match json {
+        true => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+        false => fmt.boxed(),
     };
+    // A plain level (the usual case) is a static filter: an `EnvFilter` also does per-span
+    // bookkeeping on every span enter and exit.
+    let (level, env) = match directives.trim().parse::<LevelFilter>() {
+        Ok(level) => (Some(level), None),
+        Err(_) => (
+            None,
+            Some(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))),
+        ),
+    };
+    // The request span is entered around each event only (`log_span`). A second init (tests)
+    // keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(log_span::EnterRequestSpan)
+        .with(fmt)
+        .with(log_span::ExitRequestSpan)
+        .with(level)
+        .with(env)
+        .try_init();
     if installed.is_ok() && !ansi {
         // Access lines are formatted by `access` in this subscriber's layout (a coloured
         // terminal leaves them to the subscriber).

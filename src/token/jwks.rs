@@ -38,7 +38,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use crate::config::Issuer;
 use crate::telemetry::metrics::IssuerMetrics;
@@ -232,13 +231,10 @@ impl IssuerKeys {
         let claim = Claim(me.clone());
         // Its own task: dropping this request's future must not cancel the refresh. It logs in
         // the request's span (its request id).
-        let task = tokio::spawn(
-            trace::in_current_scope(async move {
-                let _claim = claim;
-                me.refresh(false).await
-            })
-            .in_current_span(),
-        );
+        let task = tokio::spawn(trace::in_current_scope(async move {
+            let _claim = claim;
+            me.refresh(false).await
+        }));
         task.await.ok()?.ok().flatten()
     }
 

@@ -51,7 +51,6 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use crate::cache::{Flights, Joined};
 use crate::config::{self, OnError};
@@ -373,13 +372,10 @@ impl Userinfo {
                 self.stats.cache(CacheResult::Miss);
                 // Its own task: the leader's client hanging up must not fail the waiters. It
                 // logs in the leader's request span.
-                tokio::spawn(
-                    trace::in_current_scope(async move {
-                        let fetched = me.call(call).await;
-                        leader.publish(fetched);
-                    })
-                    .in_current_span(),
-                );
+                tokio::spawn(trace::in_current_scope(async move {
+                    let fetched = me.call(call).await;
+                    leader.publish(fetched);
+                }));
                 waiter
             }
             (Joined::Leader(..), None) => {

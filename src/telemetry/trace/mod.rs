@@ -41,6 +41,7 @@ pub use ids::{SpanId, SpanIdHex, TraceId, TraceIdHex};
 pub use parse::{parse_traceparent, Malformed, Parent};
 pub use queue::ExportLimits;
 pub use sampler::Sampler;
+pub(crate) use scope::with_log_span;
 pub use scope::{background, current, in_current_scope, scope, Call, Scope};
 pub use spans::{CallKind, CallOutcome, ClientSpan, ServerSpan};
 

@@ -16,11 +16,15 @@
 //! scope it starts a new trace (sampled by the configured ratio); outside any scope it starts a
 //! new, unrecorded trace, so the call still carries a `traceparent` (SPEC §8). A task-local does
 //! not follow `tokio::spawn`: a task spawned on a request's behalf (a coalesced userinfo call, an
-//! on-demand key refresh) is wrapped in [`in_current_scope`], as it is in `in_current_span`.
+//! on-demand key refresh) is wrapped in [`in_current_scope`].
+//!
+//! A request's scope also carries its log span ([`LogSpan`]), made on the request's first log
+//! event; a task spawned in the scope shares it, so its events carry the request id too.
 //!
 //! Left to others: the ids (`context.rs`), recording (`Tracing`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
@@ -30,29 +34,44 @@ use super::context::TraceContext;
 use super::sampler::Sampler;
 use super::spans::{CallKind, ClientSpan};
 use super::Tracing;
+use crate::telemetry::log_span::LogSpan;
 
 /// What a task's calls hang off: the process's tracing and, in a request, the request's span.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     tracing: Tracing,
-    /// The request's span; `None` in a background scope.
-    request: Option<TraceContext>,
+    /// `None` in a background scope.
+    request: Option<Arc<RequestScope>>,
+}
+
+/// What the tasks of one request share (one allocation per request, not a clone per task).
+#[derive(Debug)]
+struct RequestScope {
+    /// The request's span in the trace.
+    trace: TraceContext,
+    /// Its span in the log; `None` where nothing logs on its behalf (tests).
+    log: Option<LogSpan>,
 }
 
 tokio::task_local! {
     static SCOPE: Scope;
 }
 
-/// Runs `future` (the request's phases) with `request` as the parent of its calls.
+/// Runs `future` (the request's phases) with `request` as the parent of its calls, and `log`
+/// as the span its log events (and those of the tasks it spawns in scope) are in.
 pub fn scope<F: Future>(
     tracing: &Tracing,
     request: &TraceContext,
+    log: Option<LogSpan>,
     future: F,
 ) -> TaskLocalFuture<Scope, F> {
     SCOPE.scope(
         Scope {
             tracing: tracing.clone(),
-            request: Some(request.clone()),
+            request: Some(Arc::new(RequestScope {
+                trace: request.clone(),
+                log,
+            })),
         },
         future,
     )
@@ -77,7 +96,18 @@ pub fn in_current_scope<F: Future>(future: F) -> TaskLocalFuture<Scope, F> {
 
 /// The request span of the current task's scope.
 pub fn current() -> Option<TraceContext> {
-    SCOPE.try_with(|s| s.request.clone()).ok().flatten()
+    SCOPE
+        .try_with(|s| s.request.as_ref().map(|r| r.trace.clone()))
+        .ok()
+        .flatten()
+}
+
+/// `f` on the log span of the current task's request, if it runs in one.
+pub(crate) fn with_log_span<R>(f: impl FnOnce(&LogSpan) -> R) -> Option<R> {
+    SCOPE
+        .try_with(|s| s.request.as_ref()?.log.as_ref().map(f))
+        .ok()
+        .flatten()
 }
 
 /// One outgoing call being made: its span's context and when it started.
@@ -95,7 +125,7 @@ impl Call {
         let (tracing, trace) = SCOPE
             .try_with(|s| {
                 let trace = match &s.request {
-                    Some(request) => request.child(),
+                    Some(request) => request.trace.child(),
                     None => TraceContext::new_root(&s.tracing.sampler()),
                 };
                 (s.tracing.clone(), trace)

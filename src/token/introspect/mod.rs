@@ -66,7 +66,6 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use crate::cache::{Flights, Joined, TtlCache};
 use crate::digest_hash::DigestHash;
@@ -401,13 +400,10 @@ impl Introspector {
                 };
                 // Its own task: the leader's client hanging up must not fail the waiters. It
                 // logs in the leader's request span.
-                tokio::spawn(
-                    trace::in_current_scope(async move {
-                        let fetched = me.call(call).await;
-                        leader.publish(fetched);
-                    })
-                    .in_current_span(),
-                );
+                tokio::spawn(trace::in_current_scope(async move {
+                    let fetched = me.call(call).await;
+                    leader.publish(fetched);
+                }));
                 waiter
             }
             (Joined::Leader(..), None) => {
