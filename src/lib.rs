@@ -36,7 +36,7 @@
 //!   requests to a handler as `inbound::ConnInfo` + `inbound::Framing`.
 //! - `inbound`, `route`, `authn`, `userinfo`, `policy`, `identity`, `forward`: the phases above.
 //! - `gateway`: the phase line and the per-request context (request id, access-line fields,
-//!   the request's tracing span).
+//!   the request's log span, made on its first log event by `telemetry`).
 //! - `token`: the JOSE rules, issuer key sets, introspection and DPoP proof checks.
 //! - `scrub`: header hygiene in both directions. `rejection`, `reason`: every error a client can
 //!   see, and the one enum of reasons behind the access line and the metrics.
