@@ -96,7 +96,8 @@ enum Proto {
 /// Serves one accepted connection until it closes, the server cuts it off, or a deadline passes.
 /// Until its first request is being served, a connection is idle: shutdown drops it at once.
 /// `span` (the peer) is entered for the connection's own events and is the parent of its
-/// requests' spans; it is not entered around each poll of the connection (a lookup each time).
+/// requests' spans; it is not entered around each poll of an HTTP/1.1 connection (a lookup each
+/// time, and nothing logs there).
 pub(super) async fn serve<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -259,7 +260,11 @@ async fn run<IO, H>(
                     Ok::<_, Infallible>(answer(response, head, Some(stream)))
                 }
             });
-            let connection = settings.h2.serve_connection(TokioIo::new(io), service);
+            // The HTTP/2 library logs its first SETTINGS frame (debug) as the connection is
+            // made; its later lines are in a span of its own, whoever polls the connection.
+            let connection = watchdog
+                .span
+                .in_scope(|| settings.h2.serve_connection(TokioIo::new(io), service));
             watchdog
                 .drive(connection, Proto::Http2, phase, |c| c.graceful_shutdown())
                 .await;
