@@ -285,7 +285,7 @@ async fn spans_reach_the_collector_with_the_propagated_ids_and_no_token_or_claim
     // through the scope (as the issuer client does), then the upstream call.
     let started = Instant::now();
     let request = tracing.incoming(&incoming_headers());
-    let (jwks_sent, userinfo_sent) = trace::scope(&tracing, &request, None, async {
+    let (jwks_sent, userinfo_sent) = trace::scope(&tracing, request.clone(), None, async {
         let mut sent = Vec::new();
         for (kind, status) in [(CallKind::Jwks, 200), (CallKind::Userinfo, 503)] {
             let call = Call::start(kind);

@@ -1,27 +1,25 @@
 //! The per-request context (Pingora's `CTX`): what the phases learn about a request that is for
-//! the operator rather than for the next phase — the access-line fields, when it started, and the
-//! `tracing` span every log event inside the request carries (so a warning from the forwarder,
-//! the key fetcher or the userinfo client names its request id; made on the request's first log
-//! event, see `telemetry::LogSpan`).
+//! the operator rather than for the next phase — the access-line fields, when it started, and
+//! its span in the W3C trace. The `tracing` span every log event inside the request carries (so
+//! a warning from the forwarder, the key fetcher or the userinfo client names its request id)
+//! travels in the request's trace scope instead, made on its first log event
+//! (`telemetry::LogSpan`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HeaderValue;
 use http::Method;
 
 use crate::authn::{ClaimsSource, Principal};
-use crate::inbound::ConnInfo;
 use crate::scrub;
 use crate::telemetry::trace::{TraceContext, Tracing};
-use crate::telemetry::{AccessLine, LogSpan};
+use crate::telemetry::AccessLine;
 
 pub struct RequestCtx {
     pub line: AccessLine,
     /// The request's span in the W3C trace: continued from `traceparent`, or a new trace.
     pub trace: TraceContext,
     pub start: Instant,
-    log: Option<LogSpan>,
     /// The matched route's index in the configuration (its metrics), once routed.
     pub route: Option<usize>,
     /// A gRPC call (`content-type: application/grpc…`): our own errors are answered in gRPC form.
@@ -30,29 +28,16 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// At the very start of a request: its id (the client's when acceptable, else a new one).
-    /// Its log span is a child of the connection's (`conn`), so its events name the peer too.
-    pub fn new(
-        headers: &http::HeaderMap,
-        method: &Method,
-        tracing: &Tracing,
-        conn: &Arc<ConnInfo>,
-    ) -> Self {
+    pub fn new(headers: &http::HeaderMap, method: &Method, tracing: &Tracing) -> Self {
         let request_id = scrub::request_id(headers);
         let trace = tracing.incoming(headers);
         RequestCtx {
-            log: Some(LogSpan::new(request_id.clone(), conn.clone())),
             line: AccessLine::new(request_id, trace.trace_id_hex(), method.clone()),
             trace,
             start: Instant::now(),
             route: None,
             grpc: crate::forward::wants_grpc_errors(headers),
         }
-    }
-
-    /// The request's log span, for the scope the phases run in (it is taken: the context keeps
-    /// none).
-    pub fn take_log(&mut self) -> Option<LogSpan> {
-        self.log.take()
     }
 
     pub fn request_id(&self) -> &HeaderValue {

@@ -34,7 +34,7 @@ use crate::scrub::X_REQUEST_ID;
 use crate::telemetry::trace::{
     self, CallKind, CallOutcome, ClientSpan, ServerSpan, TraceContext, Tracing,
 };
-use crate::telemetry::{self, Metrics, MetricsOptions, RouteMetrics};
+use crate::telemetry::{self, LogSpan, Metrics, MetricsOptions, RouteMetrics};
 use crate::token::dpop::DPOP_NONCE;
 use crate::userinfo::Userinfo;
 
@@ -106,13 +106,15 @@ impl Gateway {
         conn: Arc<ConnInfo>,
         framing: Framing,
     ) -> Response<ProxyBody> {
-        let mut ctx = RequestCtx::new(req.headers(), req.method(), &self.tracing, &conn);
-        let (log, trace) = (ctx.take_log(), ctx.trace.clone());
+        let mut ctx = RequestCtx::new(req.headers(), req.method(), &self.tracing);
+        // The request's log span, a child of the connection's (its events name the peer too).
+        let log = LogSpan::new(ctx.request_id().clone(), conn.clone());
+        let trace = ctx.trace.clone();
         // Pinned here and wrapped by reference: the phases' future is the request's largest
         // value, and a wrapper taking it by value would copy it.
         let result = {
             let run = std::pin::pin!(self.run(req, conn, framing, &mut ctx));
-            trace::scope(&self.tracing, &trace, log, run).await
+            trace::scope(&self.tracing, trace, Some(log), run).await
         };
         self.finish(result, ctx)
     }

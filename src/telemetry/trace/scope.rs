@@ -61,7 +61,7 @@ tokio::task_local! {
 /// as the span its log events (and those of the tasks it spawns in scope) are in.
 pub fn scope<F: Future>(
     tracing: &Tracing,
-    request: &TraceContext,
+    request: TraceContext,
     log: Option<LogSpan>,
     future: F,
 ) -> TaskLocalFuture<Scope, F> {
@@ -69,7 +69,7 @@ pub fn scope<F: Future>(
         Scope {
             tracing: tracing.clone(),
             request: Some(Arc::new(RequestScope {
-                trace: request.clone(),
+                trace: request,
                 log,
             })),
         },

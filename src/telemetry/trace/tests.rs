@@ -410,7 +410,7 @@ async fn calls_inside_a_request_scope_are_children_of_the_request() {
     let h = headers(&[("traceparent", &tp("00", TRACE, SPAN, "01"))]);
     let tracing = Tracing::disabled();
     let request = tracing.incoming(&h);
-    let seen = scope(&tracing, &request, None, async {
+    let seen = scope(&tracing, request.clone(), None, async {
         assert_eq!(current().as_ref(), Some(&request));
         let call = Call::start(CallKind::Jwks);
         let mut out = HeaderMap::new();
@@ -428,7 +428,7 @@ async fn calls_inside_a_request_scope_are_children_of_the_request() {
 async fn a_spawned_task_keeps_the_scope_only_when_wrapped() {
     let tracing = Tracing::disabled();
     let request = TraceContext::new_root(&Sampler::always());
-    let (wrapped, bare) = scope(&tracing, &request, None, async {
+    let (wrapped, bare) = scope(&tracing, request.clone(), None, async {
         let wrapped = tokio::spawn(in_current_scope(async {
             Call::start(CallKind::Userinfo).trace().clone()
         }));
