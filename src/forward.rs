@@ -10,8 +10,9 @@
 //! is here or its first 64 KiB are (`request_body.rs`), and the upstream's body is handed back to
 //! hyper, so memory stays flat whatever the size. The only timeout here is `upstream.timeout`
 //! (until response headers, shortened by a gRPC call's own `grpc-timeout`); a body may take as
-//! long as it takes once it streams, like Envoy's `timeout` on a route. A WebSocket upgrade is spliced once the upstream agreed to
-//! switch to `websocket` (`upgrade.rs`); any other `101` is a 502.
+//! long as it takes once it streams, like Envoy's `timeout` on a route. A WebSocket upgrade is
+//! spliced once the upstream agreed to switch to `websocket` (`upgrade.rs`); any other `101` is
+//! a 502.
 
 use std::pin::Pin;
 use std::sync::Arc;

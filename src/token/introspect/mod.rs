@@ -35,13 +35,13 @@
 //!
 //! Caching (`crate::cache::TtlCache`), keyed by (issuer index, SHA-256 of the whole token),
 //! never the raw token: active answers for `min(cache_ttl, exp - now)` (the answer's `exp`, or
-//! the implied one, see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never. Active answers are
-//! checked again on every use (`exp`/`nbf` against the injected `now_unix`), so a cached answer
-//! whose `nbf` has come is accepted and one past `exp` is refused. Two caches with separate
-//! bounds ([`ACTIVE_ENTRIES`], [`INACTIVE_ENTRIES`]): `active: false` answers cost a client
-//! nothing to produce (any random string), and in a shared cache a flood of them would evict
-//! every real caller's answer, turning each of their requests into an issuer call; apart, the
-//! flood only churns its own cache. Active entries can only come from tokens the issuer vouches
+//! the implied one, see `answer.rs`), `active: false` for `negative_cache_ttl`, failures never.
+//! Active answers are checked again on every use (`exp`/`nbf` against the injected
+//! `now_unix`), so a cached answer whose `nbf` has come is accepted and one past `exp` is
+//! refused. Two caches with separate bounds ([`ACTIVE_ENTRIES`], [`INACTIVE_ENTRIES`]):
+//! `active: false` answers cost a client nothing to produce (any random string), and in a
+//! shared cache a flood of them would evict every real caller's answer, turning each of their
+//! requests into an issuer call; apart, the flood only churns its own cache. Active entries can only come from tokens the issuer vouches
 //! for. Each active entry keeps its claims as compact JSON (an answer of a dozen members is well
 //! under 1 KiB, a parsed map several times that); the parsed claims of the most recently used
 //! answers are kept beside them ([`PARSED_ENTRIES`], emptied when full), so a token in steady
