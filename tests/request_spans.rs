@@ -288,6 +288,29 @@ async fn an_http2_connection_logs_its_peer_and_its_requests_their_ids() {
     drop(send);
 }
 
+// Attack pass 5: once the connection span stopped being entered around every poll, the HTTP/2
+// library's first line (its SETTINGS frame, written as the connection is made) lost the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_librarys_first_settings_line_names_the_peer() {
+    let mut gate = Gate::start(&config("", &unreachable_upstream(), PUBLIC), &JSON_DEBUG);
+    let (send, peer, _driver) = h2_connect(gate.addr).await;
+    let settings = logged(&mut gate, "the server's SETTINGS frame", |l| {
+        message(l) == "send"
+            && l["frame"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("Settings { flags: (0x0)"))
+            && l["spans"].as_array().is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|s| s["peer"].as_str() == Some(peer.as_str()))
+            })
+    })
+    .await;
+    assert_eq!(settings["level"], "DEBUG");
+    assert_span(&settings, "peer", &peer);
+    drop(send);
+}
+
 /// An h2c connection from a socket whose address (the proxy's peer) the test knows, driven by
 /// the returned task.
 async fn h2_connect(
