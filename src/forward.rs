@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -262,8 +263,11 @@ pub fn is_grpc_call(headers: &HeaderMap) -> bool {
 }
 
 /// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
+/// A name, not a string: looking a header up by `&str` parses the name on every request.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

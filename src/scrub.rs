@@ -18,6 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -210,6 +211,7 @@ pub fn request_headers(headers: &mut HeaderMap, rules: &ScrubRules, view: &Forwa
             || rules.is_spoofable(name)
             || (token && !rules.forward_token)
             || (forwarded && !trusted)
+            || is_trace_context(name)
         {
             doomed.push(name.clone());
         }
@@ -268,8 +270,7 @@ pub fn request_trailers(trailers: &mut HeaderMap, rules: &ScrubRules) {
             || name == header::CONTENT_ENCODING
             || name == header::COOKIE
             || name == FORWARDED
-            || name.as_str() == "traceparent"
-            || name.as_str() == "tracestate"
+            || is_trace_context(name)
         {
             doomed.push(name.clone());
         }
@@ -277,6 +278,12 @@ pub fn request_trailers(trailers: &mut HeaderMap, rules: &ScrubRules) {
     for name in &doomed {
         trailers.remove(name);
     }
+}
+
+/// The client's W3C trace context: the upstream gets tokengate's (`telemetry::trace`), with the
+/// client's `tracestate` only when it continues the client's trace.
+fn is_trace_context(name: &HeaderName) -> bool {
+    name == TRACEPARENT || name == TRACESTATE
 }
 
 /// An address as `X-Forwarded-For` writes it (IPv4-mapped IPv6 as IPv4).

@@ -123,6 +123,41 @@ async fn identity_assertion_and_prefixed_headers_are_stripped_in_every_spelling(
 }
 
 #[tokio::test]
+async fn a_clients_trace_context_reaches_the_upstream_only_as_tokengates() {
+    let echo = Echo::start().await;
+    let proxy = Proxy::start(&config(echo.addr, "", "")).await;
+
+    // A tracestate without a traceparent, and a malformed traceparent: a new trace starts and
+    // the client's tracestate (in every spelling and count) does not ride along with it.
+    let text = raw_get(
+        proxy.addr,
+        "traceparent: 00-not-a-trace-01\r\n\
+         tracestate: congo=t61rcWkgMzE\r\n\
+         TraceState: rojo=00f067aa0ba902b7\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&text), Some(200), "{text}");
+    let seen = single(&echo);
+    let parents: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_ne!(parents[0], "00-not-a-trace-01");
+    assert!(
+        !seen
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("tracestate")),
+        "{:?}",
+        seen.headers
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn identity_headers_are_stripped_over_http2() {
     let echo = Echo::start().await;
     let proxy = Proxy::start(&config(echo.addr, "", "")).await;

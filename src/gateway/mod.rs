@@ -154,17 +154,20 @@ impl Gateway {
             // 6: the route's policy.
             let authorized = policy::authorize(routed.route, principal)?;
             // 7: header hygiene and the identity the upstream receives.
-            // The upstream's `traceparent` names the request's span (SPEC §8); the upstream call
-            // is recorded as a CLIENT child of it.
+            // The upstream's `traceparent` names the request's span (SPEC §8); when spans are
+            // exported, the upstream call is recorded as a CLIENT child of it.
             let upstream = self
                 .identity
                 .mint(authorized, routed, ctx.request_id(), &ctx.trace)?;
-            (upstream, ctx.trace.child())
+            (
+                upstream,
+                self.tracing.exporting().then(|| ctx.trace.child()),
+            )
         };
         // 8: forward and stream back.
         let sent = Instant::now();
         let response = self.upstream.send(upstream).await;
-        self.upstream_sent(ctx, &call, sent.elapsed(), &response);
+        self.upstream_sent(ctx, call.as_ref(), sent.elapsed(), &response);
         Ok(response?.map(Either::Left))
     }
 
@@ -189,17 +192,17 @@ impl Gateway {
         Ok(Routed { inbound, route })
     }
 
-    /// The upstream exchange, for the route's metrics and, when spans are exported, as the
-    /// request span's CLIENT child.
+    /// The upstream exchange, for the route's metrics and, when spans are exported (`call`), as
+    /// the request span's CLIENT child.
     fn upstream_sent(
         &self,
         ctx: &RequestCtx,
-        call: &TraceContext,
+        call: Option<&TraceContext>,
         elapsed: Duration,
         response: &Result<Response<UpstreamBody>, Rejection>,
     ) {
         self.route_metrics(ctx).upstream(elapsed);
-        if self.tracing.exporting() {
+        if let Some(call) = call {
             let outcome = match response {
                 Ok(response) => CallOutcome::Status(response.status().as_u16()),
                 Err(rejection) => CallOutcome::Failed(rejection.reason().as_str()),

@@ -63,6 +63,25 @@ fn spoofed_identity_headers_are_removed_in_every_spelling_and_duplicate() {
 }
 
 #[test]
+fn the_clients_trace_context_is_removed_from_the_head() {
+    // tokengate writes its own traceparent, and passes tracestate on only with the trace it
+    // continues: a client's tracestate must not ride along with a new trace.
+    let mut h = headers(&[
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("TraceState", "rojo=00f067aa0ba902b7"),
+        ("X-Kept", "1"),
+    ]);
+    request_headers(&mut h, &rules(false, &[]), &view("10.0.0.9"));
+    assert!(h.get("traceparent").is_none());
+    assert!(h.get("tracestate").is_none());
+    assert_eq!(h["x-kept"], "1");
+}
+
+#[test]
 fn hop_by_hop_and_connection_named_headers_are_removed() {
     let mut h = headers(&[
         ("Connection", "keep-alive, X-Secret-Hop"),

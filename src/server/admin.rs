@@ -2,6 +2,7 @@
 //! the identity JWKS (`/jwks.json`), GET or HEAD only (405 otherwise). It never proxies; any
 //! other path is 404.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,13 +23,13 @@ pub(super) struct Admin(pub(super) SharedGateway);
 impl Handler for Admin {
     type Body = Full<Bytes>;
 
-    async fn handle(
+    fn handle(
         &self,
         req: Request<Incoming>,
         _conn: Arc<ConnInfo>,
         _framing: Framing,
-    ) -> Response<Full<Bytes>> {
-        answer(&self.0, &req)
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send + use<> {
+        std::future::ready(answer(&self.0, &req))
     }
 }
 

@@ -31,6 +31,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -236,11 +237,7 @@ async fn run<IO, H>(
                     false => Framing::Clean,
                 };
                 let head = req.method() == Method::HEAD;
-                let (handler, conn) = (handler.clone(), conn.clone());
-                async move {
-                    let response = handler.handle(req, conn, framing).await;
-                    Ok::<_, Infallible>(answer(response, head, None))
-                }
+                Answering::new(handler.handle(req, conn.clone(), framing), head, None)
             });
             let io = TokioIo::new(FramingGuard::new(io, flags));
             let connection = settings.h1.serve_connection(io, service).with_upgrades();
@@ -254,11 +251,11 @@ async fn run<IO, H>(
             let service = service_fn(move |req: Request<Incoming>| {
                 let stream = activity.stream();
                 let head = req.method() == Method::HEAD;
-                let (handler, conn) = (handler.clone(), conn.clone());
-                async move {
-                    let response = handler.handle(req, conn, Framing::Clean).await;
-                    Ok::<_, Infallible>(answer(response, head, Some(stream)))
-                }
+                Answering::new(
+                    handler.handle(req, conn.clone(), Framing::Clean),
+                    head,
+                    Some(stream),
+                )
             });
             // The HTTP/2 library logs its first SETTINGS frame (debug) as the connection is
             // made; its later lines are in a span of its own, whoever polls the connection.
@@ -299,6 +296,42 @@ impl Drop for StreamGuard {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_one();
         }
+    }
+}
+
+pin_project! {
+    /// A handler's answer on its way to hyper, [`answer`]ed when ready. A plain future rather
+    /// than an `async` block: the block would move the handler's future (the request's largest
+    /// value) into its own state, one more copy of it per request.
+    struct Answering<F> {
+        #[pin]
+        response: F,
+        head: bool,
+        stream: Option<StreamGuard>,
+    }
+}
+
+impl<F> Answering<F> {
+    fn new(response: F, head: bool, stream: Option<StreamGuard>) -> Self {
+        Answering {
+            response,
+            head,
+            stream,
+        }
+    }
+}
+
+impl<F, B> Future for Answering<F>
+where
+    F: Future<Output = Response<B>>,
+    B: Body,
+{
+    type Output = Result<Response<Served<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx));
+        Poll::Ready(Ok(answer(response, *this.head, this.stream.take())))
     }
 }
 

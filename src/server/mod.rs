@@ -60,12 +60,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
         + Unpin
         + 'static;
 
+    /// The answer's future does not borrow the handler (`use<Self>`): the connection hands it to
+    /// hyper as it is, without an async wrapper that would hold (and copy) it once more.
     fn handle(
         &self,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         framing: Framing,
-    ) -> impl Future<Output = Response<Self::Body>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send + use<Self>;
 }
 
 /// The main listener: every request goes through the current gateway generation.
@@ -75,12 +77,15 @@ struct Proxy(SharedGateway);
 impl Handler for Proxy {
     type Body = ProxyBody;
 
+    // Inlined so the request's future is built where hyper keeps it, not built here and then
+    // copied whole (it is the request's largest value).
+    #[inline(always)]
     fn handle(
         &self,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         framing: Framing,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         // A reload swaps the generation; this request keeps the one it started with.
         self.0.load_full().handle(req, conn, framing)
     }

@@ -148,17 +148,13 @@ impl TraceContext {
         HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Sets `traceparent` (this span as the parent) and `tracestate` on an outgoing request,
-    /// replacing whatever the client sent: the callee must see our span, not the client's.
+    /// Sets `traceparent` (this span as the parent) and, when there is one, `tracestate` on an
+    /// outgoing request: the callee must see our span, not the client's. A request made from a
+    /// client's must not carry the client's `tracestate` already (header hygiene removes it).
     pub fn inject(&self, headers: &mut HeaderMap) {
         headers.insert(TRACEPARENT, self.traceparent());
-        match &self.state {
-            Some(state) => {
-                headers.insert(TRACESTATE, state.clone());
-            }
-            None => {
-                headers.remove(TRACESTATE);
-            }
+        if let Some(state) = &self.state {
+            headers.insert(TRACESTATE, state.clone());
         }
     }
 }
