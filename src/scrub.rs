@@ -362,29 +362,32 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// 32 hex characters: a per-process random prefix and a counter, unique without a syscall per
 /// request (ids need to be unique, not secret).
 fn generate_request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // The prefix's 16 digits are written once; a request writes only its counter's.
+    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 8];
         // A failed getrandom leaves zeros: ids stay unique within the process.
         let _ = getrandom::getrandom(&mut bytes);
-        u64::from_le_bytes(bytes)
+        hex_u64(u64::from_be_bytes(bytes))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut text = [0u8; 32];
-    for (i, byte) in prefix
-        .to_be_bytes()
-        .into_iter()
-        .chain(n.to_be_bytes())
-        .enumerate()
-    {
-        text[2 * i] = HEX[usize::from(byte >> 4)];
-        text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-    }
+    text[..16].copy_from_slice(prefix);
+    text[16..].copy_from_slice(&hex_u64(n));
     // Owned by the `Bytes` itself: one allocation, and the copies for the upstream request
     // and the response are reference counts (a copied slice would allocate again when shared).
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// `n` as 16 lower-case hex digits, most significant first.
+fn hex_u64(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]

@@ -268,4 +268,20 @@ fn generated_request_ids_are_unique() {
     let a = request_id(&HeaderMap::new());
     let b = request_id(&HeaderMap::new());
     assert_ne!(a, b);
+    // 32 lower-case hex digits: the process's prefix, then the counter.
+    for id in [&a, &b] {
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
+    }
+    assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+}
+
+#[test]
+fn hex_u64_writes_every_digit_most_significant_first() {
+    assert_eq!(&hex_u64(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+    assert_eq!(&hex_u64(0), b"0000000000000000");
+    assert_eq!(&hex_u64(u64::MAX), b"ffffffffffffffff");
 }
