@@ -262,10 +262,10 @@ pub fn is_grpc_call(headers: &HeaderMap) -> bool {
     matches!(rest, Some([] | [b'+' | b';', ..]))
 }
 
-/// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
 /// A name, not a string: looking a header up by `&str` parses the name on every request.
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// A gRPC call's own deadline (`grpc-timeout`: up to 8 digits and a unit), when it has one.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);

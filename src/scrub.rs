@@ -12,10 +12,10 @@
 //! pass over the header names.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use rand::RngCore;
 
 use crate::config::Config;
 use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
@@ -359,22 +359,15 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// 32 hex characters: a per-process random prefix and a counter, unique without a syscall per
-/// request (ids need to be unique, not secret).
+/// 32 hex digits of 128 random bits from the thread's CSPRNG (ChaCha, seeded from the OS), as
+/// a UUIDv4 is: unique for every practical purpose, and unpredictable, which matters because a
+/// client's valid id is kept: with a counter, a client that saw one id could send the id the next
+/// client's request was about to get, and the upstream's logs would mix the two requests.
 fn generate_request_id() -> HeaderValue {
-    // The prefix's 16 digits are written once; a request writes only its counter's.
-    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 8];
-        // A failed getrandom leaves zeros: ids stay unique within the process.
-        let _ = getrandom::getrandom(&mut bytes);
-        hex_u64(u64::from_be_bytes(bytes))
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut rng = rand::rng();
     let mut text = [0u8; 32];
-    text[..16].copy_from_slice(prefix);
-    text[16..].copy_from_slice(&hex_u64(n));
+    text[..16].copy_from_slice(&hex_u64(rng.next_u64()));
+    text[16..].copy_from_slice(&hex_u64(rng.next_u64()));
     // Owned by the `Bytes` itself: one allocation, and the copies for the upstream request
     // and the response are reference counts (a copied slice would allocate again when shared).
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))

@@ -898,9 +898,20 @@ async fn invalid_client_request_id_is_replaced() {
         assert_eq!(seen.len(), i + 1);
         assert_eq!(seen[i].all("x-request-id"), [id.as_str()]);
     }
-    // Generated ids differ between requests.
+    // Generated ids differ between requests, and the next one cannot be told from the last
+    // (a client could otherwise send the id another client's request is about to get): 32 hex
+    // digits of which neither half repeats.
     let a = get(&proxy.url("/x"), &[]).await;
     let b = get(&proxy.url("/x"), &[]).await;
-    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+    let (a, b) = (
+        a.header("x-request-id").expect("id").to_owned(),
+        b.header("x-request-id").expect("id").to_owned(),
+    );
+    for id in [&a, &b] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(a[..16], b[..16], "{a} {b}");
+    assert_ne!(a[16..], b[16..], "{a} {b}");
     proxy.stop().await;
 }

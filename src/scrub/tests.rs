@@ -268,7 +268,7 @@ fn generated_request_ids_are_unique() {
     let a = request_id(&HeaderMap::new());
     let b = request_id(&HeaderMap::new());
     assert_ne!(a, b);
-    // 32 lower-case hex digits: the process's prefix, then the counter.
+    // 32 lower-case hex digits.
     for id in [&a, &b] {
         assert_eq!(id.len(), 32);
         assert!(id
@@ -276,7 +276,18 @@ fn generated_request_ids_are_unique() {
             .iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
     }
-    assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+}
+
+#[test]
+fn generated_request_ids_cannot_be_predicted_from_earlier_ones() {
+    // Not a prefix and a counter: two ids share no half (a chance of 2^-64 each).
+    let ids: Vec<HeaderValue> = (0..64).map(|_| request_id(&HeaderMap::new())).collect();
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            assert_ne!(a.as_bytes()[..16], b.as_bytes()[..16]);
+            assert_ne!(a.as_bytes()[16..], b.as_bytes()[16..]);
+        }
+    }
 }
 
 #[test]
