@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use rand::RngCore;
 
 use crate::config::Config;
-use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
+use crate::telemetry::trace::{hex_into, TRACEPARENT, TRACESTATE};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -357,30 +357,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     generate_request_id()
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// 32 hex digits of 128 random bits from the thread's CSPRNG (ChaCha, seeded from the OS), as
 /// a UUIDv4 is: unique for every practical purpose, and unpredictable, which matters because a
 /// client's valid id is kept: with a counter, a client that saw one id could send the id the next
 /// client's request was about to get, and the upstream's logs would mix the two requests.
 fn generate_request_id() -> HeaderValue {
-    let mut rng = rand::rng();
+    let mut random = [0u8; 16];
+    rand::rng().fill_bytes(&mut random);
     let mut text = [0u8; 32];
-    text[..16].copy_from_slice(&hex_u64(rng.next_u64()));
-    text[16..].copy_from_slice(&hex_u64(rng.next_u64()));
+    hex_into(&random, &mut text);
     // Owned by the `Bytes` itself: one allocation, and the copies for the upstream request
     // and the response are reference counts (a copied slice would allocate again when shared).
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .unwrap_or(HeaderValue::from_static("0"))
-}
-
-/// `n` as 16 lower-case hex digits, most significant first.
-fn hex_u64(n: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    out
 }
 
 #[cfg(test)]

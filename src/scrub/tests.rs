@@ -289,10 +289,3 @@ fn generated_request_ids_cannot_be_predicted_from_earlier_ones() {
         }
     }
 }
-
-#[test]
-fn hex_u64_writes_every_digit_most_significant_first() {
-    assert_eq!(&hex_u64(0x0123_4567_89ab_cdef), b"0123456789abcdef");
-    assert_eq!(&hex_u64(0), b"0000000000000000");
-    assert_eq!(&hex_u64(u64::MAX), b"ffffffffffffffff");
-}

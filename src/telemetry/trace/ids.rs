@@ -144,7 +144,7 @@ impl fmt::Debug for SpanIdHex {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `bytes` as lower-case hex into `out` (which is twice as long).
-pub(super) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0x0f)];

@@ -37,6 +37,7 @@ use http::HeaderMap;
 use opentelemetry::trace::SpanKind;
 
 pub use context::{TraceContext, MAX_TRACESTATE, TRACEPARENT, TRACESTATE};
+pub(crate) use ids::hex_into;
 pub use ids::{SpanId, SpanIdHex, TraceId, TraceIdHex};
 pub use parse::{parse_traceparent, Malformed, Parent};
 pub use queue::ExportLimits;
