@@ -324,13 +324,12 @@ impl Head {
     fn feed(&mut self, data: &[u8]) -> Step {
         let mut i = 0;
         while let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) {
-            if self.skips_to_line_end() {
-                // Most of a head is values of other fields (a bearer token alone is ~1 KiB):
-                // only the line end matters there, so find it at memchr speed.
-                match memchr::memchr2(b'\r', b'\n', rest) {
-                    Some(k) => i += k,
-                    None => return Step::Partial,
-                }
+            // Runs of bytes that only accumulate are taken whole; the byte that ends a run
+            // (a delimiter, a line end) goes through `step` like every other.
+            match self.run(rest) {
+                Some(n) if n == rest.len() => return Step::Partial,
+                Some(n) => i += n,
+                None => {}
             }
             let Some(&b) = data.get(i) else { break };
             i += 1;
@@ -343,11 +342,35 @@ impl Head {
         Step::Partial
     }
 
-    /// In the value of a field other than `Content-Length`/`Transfer-Encoding`, with no CR
-    /// pending, every byte up to CR or LF leaves the state as it is (bar `line_ok`, which only
-    /// those two fields read).
-    fn skips_to_line_end(&self) -> bool {
-        self.phase == Phase::Value && self.field == Field::Other && !self.cr
+    /// How many leading bytes of `rest` leave the state as `step` would, one by one, without a
+    /// decision: with no CR pending, the value of a field other than `Content-Length` /
+    /// `Transfer-Encoding` up to CR or LF (most of a head: a bearer token alone is ~1 KiB; only
+    /// `line_ok` changes there, and only those two fields read it), the request target's bytes
+    /// up to a space or line end (only the last token, the version, is kept), and a header
+    /// name's token bytes (kept lower-cased). `None` where every byte needs `step`.
+    fn run(&mut self, rest: &[u8]) -> Option<usize> {
+        if self.cr {
+            return None;
+        }
+        match (self.phase, self.field) {
+            (Phase::Value, Field::Other) => {
+                Some(memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len()))
+            }
+            (Phase::Target, _) => {
+                let n = memchr::memchr3(b' ', b'\r', b'\n', rest).unwrap_or(rest.len());
+                self.last.extend(rest.get(..n)?, |b| b);
+                Some(n)
+            }
+            (Phase::Name, _) => {
+                let n = rest
+                    .iter()
+                    .position(|&b| !is_token(b))
+                    .unwrap_or(rest.len());
+                self.name.extend(rest.get(..n)?, |b| b.to_ascii_lowercase());
+                Some(n)
+            }
+            _ => None,
+        }
     }
 
     /// One byte; `Ok(true)` when it ends the head. Mirrors httparse: CRLF or bare LF, empty
@@ -445,8 +468,26 @@ impl Field {
 
 /// `tchar` (RFC 9110 §5.6.2), as httparse's header-name and method maps.
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN[usize::from(b)]
 }
+
+/// [`is_token`] as a table: header names are scanned a byte at a time.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        // In range by the loop bound.
+        #[allow(clippy::cast_possible_truncation)]
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// httparse's header value bytes: HTAB, SP, visible ASCII, obs-text.
 fn is_value_byte(b: u8) -> bool {
@@ -477,6 +518,17 @@ impl<const N: usize> Tok<N> {
             }
             None => self.overflow = true,
         }
+    }
+
+    /// `push` of each of `bytes`, mapped.
+    fn extend(&mut self, bytes: &[u8], map: impl Fn(u8) -> u8) {
+        let room = self.buf.get_mut(self.len..).unwrap_or_default();
+        for (slot, &b) in room.iter_mut().zip(bytes) {
+            *slot = map(b);
+        }
+        let taken = room.len().min(bytes.len());
+        self.len += taken;
+        self.overflow |= bytes.len() > taken;
     }
 
     fn is(&self, s: &[u8]) -> bool {
@@ -883,6 +935,69 @@ mod tests {
                 input.extend_from_slice(PARTS[(next() % PARTS.len() as u64) as usize]);
             }
             check(&input);
+        }
+    }
+
+    /// `Head::feed` with every byte through `step`: what its runs must agree with.
+    fn step_only(head: &mut Head, data: &[u8]) -> Option<Result<usize, ()>> {
+        for (i, &b) in data.iter().enumerate() {
+            match head.step(b) {
+                Ok(false) => {}
+                Ok(true) => return Some(Ok(i + 1)),
+                Err(Malformed) => return Some(Err(())),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn head_runs_agree_with_stepping_every_byte() {
+        const PARTS: &[&[u8]] = &[
+            b"GET /a/b?c=d HTTP/1.1\r\n",
+            b"POST  /x  HTTP/1.0 \n",
+            b"Content-Length: 3\r\n",
+            b"conTENT-length:0\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"X-A-Very-Long-Header-Name-Indeed: v\r\n",
+            b"Bad Name: x\r\n",
+            b"Authorization: Bearer abc.def\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"x",
+            b" ",
+            b":",
+            b"\t",
+            b"\x00\xff",
+            b"HTTP/1.1",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            for _ in 0..(next() % 12) {
+                input.extend_from_slice(PARTS[(next() % PARTS.len() as u64) as usize]);
+            }
+            let (mut fed, mut stepped) = (Head::default(), Head::default());
+            let fed_step = match fed.feed(&input) {
+                Step::Partial => None,
+                Step::Done(n) => Some(Ok(n)),
+                Step::Malformed => Some(Err(())),
+            };
+            let stepped_step = step_only(&mut stepped, &input);
+            assert_eq!(fed_step, stepped_step, "{:?}", show(&input));
+            if fed_step != Some(Err(())) {
+                // An other field's value is skipped, not read: only these two fields differ.
+                if stepped.field == Field::Other {
+                    (stepped.value, stepped.line_ok) = (fed.value, fed.line_ok);
+                }
+                assert_eq!(fed, stepped, "{:?}", show(&input));
+            }
         }
     }
 
