@@ -5,7 +5,7 @@
 //! the subscriber's text or JSON lines, and handed to the same non-blocking writer. Strings are
 //! escaped as `{:?}` (text) or as JSON strings: a `sub` with a newline cannot forge a log line.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -248,8 +248,31 @@ fn push_millis(buf: &mut Vec<u8>, latency: Duration) {
 
 /// `2026-11-25T16:23:09.279854Z`, the subscriber's timestamp format.
 fn rfc3339_micros(buf: &mut Vec<u8>, now: SystemTime) {
+    /// The last second written on this thread, as text: it changes once a second, not per line.
+    type Second = (u64, [u8; SECOND_LEN]);
+    const SECOND_LEN: usize = "2026-11-25T16:23:09".len();
+    thread_local! {
+        static LAST: Cell<Second> = const { Cell::new((u64::MAX, [0; SECOND_LEN])) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    match LAST.with(Cell::get) {
+        (last, text) if last == secs => buf.extend_from_slice(&text),
+        _ => {
+            let start = buf.len();
+            push_date_time(buf, secs);
+            if let Some(Ok(text)) = buf.get(start..).map(<[u8; SECOND_LEN]>::try_from) {
+                LAST.with(|last| last.set((secs, text)));
+            }
+        }
+    }
+    buf.push(b'.');
+    push_digits(buf, u64::from(since.subsec_micros()), 6);
+    buf.push(b'Z');
+}
+
+/// `2026-11-25T16:23:09` for `secs` since the epoch.
+fn push_date_time(buf: &mut Vec<u8>, secs: u64) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
     push_digits(buf, year, 4);
@@ -263,9 +286,6 @@ fn rfc3339_micros(buf: &mut Vec<u8>, now: SystemTime) {
         buf.push(sep);
         push_digits(buf, value, 2);
     }
-    buf.push(b'.');
-    push_digits(buf, u64::from(since.subsec_micros()), 6);
-    buf.push(b'Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -318,6 +338,24 @@ mod tests {
             rfc3339_micros(&mut buf, at(secs, 42));
             assert_eq!(String::from_utf8(buf).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn a_remembered_second_is_only_reused_within_that_second() {
+        let line = |secs, micros| {
+            let mut buf = b"x".to_vec();
+            rfc3339_micros(&mut buf, at(secs, micros));
+            String::from_utf8(buf).unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(line(1_795_623_363, 1), "x2026-11-25T16:16:03.000001Z");
+            assert_eq!(line(1_795_623_363, 999_999), "x2026-11-25T16:16:03.999999Z");
+            assert_eq!(line(1_795_623_364, 0), "x2026-11-25T16:16:04.000000Z");
+            assert_eq!(line(0, 7), "x1970-01-01T00:00:00.000007Z");
+        }
+        // A year past 9999 is longer than the remembered text; it is written, never cut.
+        assert_eq!(line(253_402_300_800, 5), "x10000-01-01T00:00:00.000005Z");
+        assert_eq!(line(253_402_300_800, 6), "x10000-01-01T00:00:00.000006Z");
     }
 
     #[test]

@@ -141,13 +141,22 @@ impl fmt::Debug for SpanIdHex {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Every byte's two lower-case hex digits: one load per byte where ids are written out.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [HEX[b >> 4], HEX[b & 0x0f]];
+        b += 1;
+    }
+    table
+};
 
 /// Writes `bytes` as lower-case hex into `out` (which is twice as long).
 pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
 }
 
