@@ -123,14 +123,14 @@ impl UpstreamClient {
     /// The upstream's hop-by-hop headers are not passed on.
     pub async fn send(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
         let Outgoing {
-            request,
+            parts,
+            body,
             target,
             protocol,
             upgrade: client_upgrade,
             trailer_rules,
             body_wait,
         } = req.into_outgoing();
-        let (parts, body) = request.into_parts();
         // An upstream connection or stream is taken only once the body is here (or its first
         // part is); gRPC calls wait less, and only an HTTP/2 upstream carries them (`request_body`).
         let wait = match protocol {
@@ -179,9 +179,13 @@ impl UpstreamClient {
             return Err(Rejection::BadGateway);
         };
         let sent = match pool {
-            Pools::Http1(pool) => tokio::time::timeout(timeout, pool.send(req))
-                .await
-                .map(|r| r.map(|r| r.map(UpstreamBody::Http1))),
+            Pools::Http1(pool) => {
+                // Pinned where it is: `timeout` taking the exchange by value would copy it.
+                let exchange = std::pin::pin!(pool.send(req));
+                tokio::time::timeout(timeout, exchange)
+                    .await
+                    .map(|r| r.map(|r| r.map(UpstreamBody::Http1)))
+            }
             // Boxed: the HTTP/2 exchange is a large future, and every request's future (HTTP/1
             // upstreams included) would otherwise be that large and copied as such.
             Pools::Http2(pool) => tokio::time::timeout(timeout, Box::pin(pool.send(req)))

@@ -90,12 +90,15 @@ pub struct Inbound {
 
 impl Inbound {
     /// Phase 0 and 1: framing, method, head size, host, path (SPEC §4.0, §4.1, §3).
+    ///
+    /// Boxed: the request head is the largest value of the phase line, and each phase takes its
+    /// input by value, so a box moves 8 bytes where the head would be copied phase to phase.
     pub fn admit(
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         framing: Framing,
         server: &Server,
-    ) -> Result<Inbound, Rejection> {
+    ) -> Result<Box<Inbound>, Rejection> {
         let (parts, body) = req.into_parts();
         check_framing(&parts, framing)?;
         check_method(&parts.method)?;
@@ -103,13 +106,13 @@ impl Inbound {
         let host = request_host(&parts)?;
         let path = normalize::normalize(parts.uri.path(), server.allow_path_parameters)
             .map_err(|e| Rejection::bad_request(e.description()))?;
-        Ok(Inbound {
+        Ok(Box::new(Inbound {
             parts,
             body,
             conn,
             host,
             path,
-        })
+        }))
     }
 
     /// A WebSocket upgrade request (RFC 6455 §4.1): HTTP/1.1 `GET` with `Upgrade: websocket` as

@@ -66,18 +66,16 @@ pub(super) fn forwarded(
     upstream: UpstreamRequest,
     original_headers: Vec<String>,
 ) -> Outcome {
-    let Outgoing {
-        request, target, ..
-    } = upstream.into_outgoing();
+    let Outgoing { parts, target, .. } = upstream.into_outgoing();
     let mut outcome = Outcome::new("forwarded");
     outcome.route = Some(route.id.to_string());
     outcome.auth = auth;
     outcome.upstream = Some(format!(
         "{}{}",
         target.origin,
-        request.uri().path_and_query().map_or("/", |p| p.as_str())
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
     ));
-    let headers = request.headers();
+    let headers = &parts.headers;
     let identity = &config.identity;
     let mut plain = Map::new();
     for (name, _) in &identity.headers {

@@ -174,7 +174,7 @@ impl Gateway {
     /// Phase 2, with the route and the normalized path noted for the access line.
     fn route<'g>(
         &'g self,
-        mut inbound: Inbound,
+        mut inbound: Box<Inbound>,
         ctx: &mut RequestCtx,
     ) -> Result<Routed<'g>, Rejection> {
         let found = route::find_index(

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Version};
+use http::{Method, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -47,6 +47,7 @@ use super::signing::SigningKey;
 use crate::authn::{unix_now, Caller, ClaimsSource, Principal};
 use crate::config::{Config, Route, UpstreamProtocol, UpstreamTarget};
 use crate::forward::{self, BodyWait};
+use crate::inbound::Inbound;
 use crate::policy::Authorized;
 use crate::rejection::Rejection;
 use crate::route::Routed;
@@ -72,7 +73,10 @@ pub struct UpstreamRequest(Outgoing);
 
 /// An [`UpstreamRequest`] taken apart, by the forwarder and nowhere else.
 pub(crate) struct Outgoing {
-    pub request: Request<Incoming>,
+    /// The request head, rewritten for the upstream; kept apart from the body until the body is
+    /// ready to go (`forward`), so neither is moved into a `Request` and out again.
+    pub parts: Parts,
+    pub body: Incoming,
     pub target: Arc<UpstreamTarget>,
     pub protocol: UpstreamProtocol,
     /// The client's side of an authorized WebSocket upgrade.
@@ -126,15 +130,20 @@ impl Identity {
     ) -> Result<UpstreamRequest, Rejection> {
         let Routed { inbound, route } = routed;
         let websocket = inbound.is_websocket_upgrade();
-        let (mut parts, body) = (inbound.parts, inbound.body);
-        let host = inbound.host;
+        let Inbound {
+            mut parts,
+            body,
+            conn,
+            host,
+            path,
+        } = *inbound;
         scrub::request_headers(
             &mut parts.headers,
             &self.scrub,
             &scrub::Forwarding {
-                peer: inbound.conn.peer.ip(),
-                peer_value: &inbound.conn.peer_value,
-                scheme: inbound.conn.scheme.as_str(),
+                peer: conn.peer.ip(),
+                peer_value: &conn.peer_value,
+                scheme: conn.scheme.as_str(),
                 host: host.as_ref().map(|h| h.header_value()),
                 upgrade: websocket,
             },
@@ -147,7 +156,7 @@ impl Identity {
         trace.inject(&mut parts.headers);
         let (target, protocol) = forward::target_of(route, &self.config.upstream);
         let target = target.clone();
-        let forward_path = inbound.path.forward_path;
+        let forward_path = path.forward_path;
         let body_wait = body_wait(&parts, authorized.principal());
         if let Principal::Caller(caller) = authorized.principal() {
             claim_headers::apply(&mut parts.headers, &self.claim_headers, &caller.claims);
@@ -165,13 +174,19 @@ impl Identity {
                 .headers
                 .insert(header::HOST, host.header_value().clone());
         }
-        parts.uri = forward::upstream_uri(forward_path, parts.uri.query())?;
+        // Most requests are already in origin form with a normal path: their target is sent as
+        // it came (the same bytes `upstream_uri` would build, without parsing them again).
+        let as_sent = parts.uri.scheme().is_none() && parts.uri.path() == forward_path;
+        if !as_sent {
+            parts.uri = forward::upstream_uri(forward_path, parts.uri.query())?;
+        }
         parts.version = Version::HTTP_11;
         let upgrade = websocket
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
         Ok(UpstreamRequest(Outgoing {
-            request: Request::from_parts(parts, body),
+            parts,
+            body,
             target,
             protocol,
             upgrade,

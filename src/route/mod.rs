@@ -14,7 +14,7 @@ use host::Host;
 
 /// A request and the route it matched: phase 2's result (`Gateway::route`).
 pub struct Routed<'g> {
-    pub inbound: Inbound,
+    pub inbound: Box<Inbound>,
     pub route: &'g Route,
 }
 
