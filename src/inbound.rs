@@ -8,7 +8,7 @@
 //! phase line, or a `Rejection` (400, 431).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::config::Server;
 use crate::rejection::Rejection;
-use crate::route::host::Host;
+use crate::route::host::{Host, InvalidHost};
 use crate::route::normalize::{self, NormalizedPath};
 
 /// The listener's scheme.
@@ -36,7 +36,8 @@ impl Scheme {
     }
 }
 
-/// Facts about the client connection a request arrived on, fixed for its lifetime.
+/// Facts about the client connection a request arrived on, fixed for its lifetime (and the
+/// host its requests name, remembered).
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -49,6 +50,10 @@ pub struct ConnInfo {
     /// parent rather than entered around every poll of the connection, which costs a span
     /// lookup on each of them.
     pub span: tracing::Span,
+    /// The first canonical host a request on the connection named: the requests of a
+    /// connection nearly always name the same one, and checking a host is a pure function of
+    /// its text, so a byte-equal host is not checked again.
+    host: OnceLock<Host>,
 }
 
 impl ConnInfo {
@@ -64,7 +69,23 @@ impl ConnInfo {
             scheme,
             client_cert,
             span,
+            host: OnceLock::new(),
         }
+    }
+
+    /// [`Host::parse`] of a `Host` or `:authority` value, remembered for the connection (see
+    /// `host`). Bytes that are not text are no host either.
+    pub fn host(&self, raw: &[u8]) -> Result<Host, InvalidHost> {
+        let seen = self.host.get();
+        if let Some(seen) = seen.filter(|h| h.header_value().as_bytes() == raw) {
+            return Ok(seen.clone());
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| InvalidHost)?;
+        let host = Host::parse(text)?;
+        if seen.is_none() && host.as_str() == text {
+            let _ = self.host.set(host.clone());
+        }
+        Ok(host)
     }
 }
 
@@ -103,7 +124,7 @@ impl Inbound {
         check_framing(&parts, framing)?;
         check_method(&parts.method)?;
         check_head_size(&parts, server.max_header_bytes)?;
-        let host = request_host(&parts)?;
+        let host = request_host(&parts, &conn)?;
         let path = normalize::normalize(parts.uri.path(), server.allow_path_parameters)
             .map_err(|e| Rejection::bad_request(e.description()))?;
         Ok(Box::new(Inbound {
@@ -207,7 +228,7 @@ fn check_head_size(parts: &Parts, max: usize) -> Result<(), Rejection> {
 /// `Host` header for HTTP/1.1 (missing or repeated → 400, RFC 9112 §3.2). Over HTTP/2 a `host`
 /// header that names another host than `:authority` → 400 (RFC 9113 §8.3.1): routing and the
 /// upstream must never see two different hosts.
-fn request_host(parts: &Parts) -> Result<Option<Host>, Rejection> {
+fn request_host(parts: &Parts, conn: &ConnInfo) -> Result<Option<Host>, Rejection> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
@@ -215,12 +236,14 @@ fn request_host(parts: &Parts) -> Result<Option<Host>, Rejection> {
     }
     let header_host = first
         .map(|value| {
-            Host::from_header(value).map_err(|_| Rejection::bad_request("invalid Host header"))
+            conn.host(value.as_bytes())
+                .map_err(|_| Rejection::bad_request("invalid Host header"))
         })
         .transpose()?;
     if parts.version >= Version::HTTP_2 {
         if let Some(authority) = parts.uri.authority() {
-            let authority = Host::parse(authority.as_str())
+            let authority = conn
+                .host(authority.as_str().as_bytes())
                 .map_err(|_| Rejection::bad_request("invalid :authority"))?;
             if header_host.as_ref().is_some_and(|h| *h != authority) {
                 return Err(Rejection::bad_request(
@@ -236,5 +259,66 @@ fn request_host(parts: &Parts) -> Result<Option<Host>, Rejection> {
             Err(Rejection::bad_request("a Host header is required"))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        ConnInfo::new(peer, Scheme::Http, None, tracing::Span::none())
+    }
+
+    #[test]
+    fn a_connection_remembers_its_first_canonical_host_and_checks_every_other_text() {
+        let conn = conn();
+        // Not canonical: canonicalized, not remembered.
+        assert_eq!(
+            conn.host("API.Example.com.".as_bytes()).unwrap().as_str(),
+            "api.example.com"
+        );
+        assert!(conn.host.get().is_none());
+        assert_eq!(
+            conn.host("api.example.com:8443".as_bytes())
+                .unwrap()
+                .as_str(),
+            "api.example.com:8443"
+        );
+        assert_eq!(
+            conn.host.get().map(Host::as_str),
+            Some("api.example.com:8443")
+        );
+        // Byte-equal: the remembered host; anything else is checked as if first seen.
+        assert_eq!(
+            conn.host("api.example.com:8443".as_bytes()).unwrap().port(),
+            Some(8443)
+        );
+        assert_eq!(
+            conn.host("ADMIN.example.com".as_bytes()).unwrap().as_str(),
+            "admin.example.com"
+        );
+        assert_eq!(
+            conn.host("api.example.com:08443".as_bytes())
+                .unwrap()
+                .as_str(),
+            "api.example.com:8443"
+        );
+        for bad in [
+            "api.example.com:8443:1",
+            "api.example.com:8443 ",
+            "",
+            "127.1",
+            "a b",
+            "h\u{e9}.example",
+        ] {
+            assert_eq!(conn.host(bad.as_bytes()), Err(InvalidHost), "{bad:?}");
+        }
+        assert_eq!(conn.host(b"api.example.com\xff"), Err(InvalidHost));
+        assert_eq!(
+            conn.host.get().map(Host::as_str),
+            Some("api.example.com:8443")
+        );
     }
 }

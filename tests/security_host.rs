@@ -262,3 +262,37 @@ async fn ip_literal_hosts_are_valid() {
         assert_upstream_host(&f.last_seen(), host, host);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_on_a_keep_alive_connection_is_routed_on_its_own_host() {
+    // The connection remembers a checked host; a different one later must still be checked
+    // and routed on its own, before and after the remembered one comes back.
+    let f = start().await;
+    let hosts = [
+        "public.example.com",
+        "admin.example.com",
+        "public.example.com",
+        "ADMIN.example.com.",
+        "public.example.com:8443:1",
+    ];
+    let mut pipelined = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let close = if i + 1 == hosts.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        let request = format!("GET /admin/x HTTP/1.1\r\nHost: {host}\r\n{close}\r\n");
+        pipelined.extend_from_slice(request.as_bytes());
+    }
+    let replies = wire::exchange(f.gate.addr, &pipelined, WAIT)
+        .await
+        .replies(&[]);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 401, 200, 401, 400]);
+    let seen = f.echo.seen();
+    assert_eq!(seen.len(), 2, "only the public requests reach the upstream");
+    for s in &seen {
+        assert_upstream_host(s, "public.example.com", "public request");
+    }
+}

@@ -14,8 +14,8 @@
 //! must be a valid dotted-quad IPv4 address without leading zeros (`1.2.3`, `010.0.0.1` and `127.1`
 //! are refused: resolvers and URL parsers disagree on them); IPv6 zone identifiers are refused.
 //!
-//! The common case — a value that is already canonical — costs one scan and no allocation: the
-//! request's own `HeaderValue` is kept.
+//! Checking a host is a pure function of its text, so a connection remembers the first canonical
+//! host its requests named and does not check the same bytes again (`inbound::ConnInfo::host`).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -57,22 +57,7 @@ impl fmt::Display for Host {
 }
 
 impl Host {
-    /// Canonicalizes a `Host` header or `:authority` value.
-    pub fn from_header(value: &HeaderValue) -> Result<Host, InvalidHost> {
-        let text = value.to_str().map_err(|_| InvalidHost)?;
-        let parsed = parse(text)?;
-        let value = match parsed.canonical {
-            None => value.clone(),
-            Some(text) => HeaderValue::try_from(text).map_err(|_| InvalidHost)?,
-        };
-        Ok(Host {
-            value,
-            name_len: parsed.name_len,
-            port: parsed.port,
-        })
-    }
-
-    /// Canonicalizes a host written as text (configuration, tests).
+    /// Canonicalizes a host: a `Host` header's or `:authority`'s text, or the configuration's.
     pub fn parse(text: &str) -> Result<Host, InvalidHost> {
         let parsed = parse(text)?;
         let canonical = parsed.canonical.unwrap_or_else(|| text.to_owned());
@@ -213,11 +198,7 @@ mod tests {
     use super::*;
 
     fn canonical(text: &str) -> Result<String, InvalidHost> {
-        let from_header =
-            Host::from_header(&HeaderValue::from_str(text).map_err(|_| InvalidHost)?)?;
-        let from_text = Host::parse(text)?;
-        assert_eq!(from_header, from_text);
-        Ok(from_text.as_str().to_owned())
+        Ok(Host::parse(text)?.as_str().to_owned())
     }
 
     #[test]
