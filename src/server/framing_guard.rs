@@ -922,20 +922,28 @@ mod tests {
             b"PRI * HTTP/2.0\r\n",
             b"\x00\xff",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for input in soup(PARTS, 16, 400, 0x2545_f491_4f6c_dd1d) {
+            check(&input);
+        }
+    }
+
+    /// `count` inputs of up to `most - 1` of `parts` each, drawn by a xorshift from `seed`.
+    fn soup(parts: &[&[u8]], most: u64, count: usize, mut seed: u64) -> Vec<Vec<u8>> {
         let mut next = move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
         };
-        for _ in 0..400 {
+        let mut inputs = Vec::new();
+        for _ in 0..count {
             let mut input = Vec::new();
-            for _ in 0..(next() % 16) {
-                input.extend_from_slice(PARTS[(next() % PARTS.len() as u64) as usize]);
+            for _ in 0..(next() % most) {
+                input.extend_from_slice(parts[(next() % parts.len() as u64) as usize]);
             }
-            check(&input);
+            inputs.push(input);
         }
+        inputs
     }
 
     /// `Head::feed` with every byte through `step`: what its runs must agree with.
@@ -971,18 +979,7 @@ mod tests {
             b"\x00\xff",
             b"HTTP/1.1",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..2000 {
-            let mut input = Vec::new();
-            for _ in 0..(next() % 12) {
-                input.extend_from_slice(PARTS[(next() % PARTS.len() as u64) as usize]);
-            }
+        for input in soup(PARTS, 12, 2000, 0x9e37_79b9_7f4a_7c15) {
             let (mut fed, mut stepped) = (Head::default(), Head::default());
             let fed_step = match fed.feed(&input) {
                 Step::Partial => None,
