@@ -35,10 +35,11 @@
 //! `Observer::next_message`). Passthrough only means "not flagged": hyper's
 //! own handling (CL dropped, chunked body, connection closed afterwards) still applies.
 //!
-//! Heads are scanned byte by byte with a small fixed state (the request line's method and
-//! version, the current header name, the CL/TE value being read), so nothing is buffered and
-//! no head size cap is needed (hyper enforces its own and answers 431). Body bytes are skipped
-//! arithmetically. Header lines httparse would reject are ignored, as with hyper's
+//! Heads are scanned with a small fixed state (the request line's method and version, the
+//! current header name, the CL/TE value being read), so nothing is buffered and no head size cap
+//! is needed (hyper enforces its own and answers 431); runs of bytes that only accumulate (other
+//! fields' values, the request target, a header name) are taken whole, the rest byte by byte.
+//! Body bytes are skipped arithmetically. Header lines httparse would reject are ignored, as with hyper's
 //! `ignore_invalid_headers` (by default hyper rejects the whole request and closes instead).
 
 use std::io;
