@@ -59,6 +59,7 @@ pub(crate) mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod keygen;
+pub(crate) mod percent;
 pub mod policy;
 pub mod reason;
 pub mod rejection;

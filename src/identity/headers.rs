@@ -6,9 +6,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use crate::percent::push_triplet;
 use crate::token::claims::{ClaimPath, Claims};
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Appends *encode*(`text`) to `out`: runs of passing bytes are copied whole (most claim
 /// values are one run), each other byte becomes its triplet.
@@ -21,9 +20,7 @@ pub fn encode_into(text: &str, out: &mut String) {
         // A run is ASCII, so it starts and ends on character boundaries.
         out.push_str(text.get(start..start + run).unwrap_or_default());
         if let Some(&b) = rest.get(run) {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            push_triplet(out, b);
         }
         start += run + 1;
     }

@@ -63,6 +63,8 @@
 
 use std::fmt;
 
+use crate::percent::push_triplet;
+
 /// Why a request target was refused (each maps to 400 `invalid_request`; `description()` is the
 /// short public text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +170,7 @@ pub fn normalize(path: &str, allow_path_parameters: bool) -> Result<NormalizedPa
             } else if is_raw_pchar(b) {
                 out.push(char::from(b));
             } else {
-                push_encoded(&mut out, b);
+                push_triplet(&mut out, b);
             }
             i += 1;
         }
@@ -252,7 +254,7 @@ fn hex_value(b: u8) -> Option<u8> {
 fn push_decoded(out: &mut String, decoded: u8, utf8: &mut Utf8Seq) -> Result<(), PathError> {
     if decoded >= 0x80 {
         utf8.push(decoded)?;
-        push_encoded(out, decoded);
+        push_triplet(out, decoded);
         return Ok(());
     }
     utf8.expect_boundary()?;
@@ -260,16 +262,9 @@ fn push_decoded(out: &mut String, decoded: u8, utf8: &mut Utf8Seq) -> Result<(),
         0x00 | b'/' | b'\\' => return Err(PathError::EncodedSeparator),
         0x01..=0x1F | 0x7F => return Err(PathError::EncodedControl),
         _ if is_unreserved(decoded) => out.push(char::from(decoded)),
-        _ => push_encoded(out, decoded),
+        _ => push_triplet(out, decoded),
     }
     Ok(())
-}
-
-fn push_encoded(out: &mut String, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(HEX[usize::from(b >> 4)]));
-    out.push(char::from(HEX[usize::from(b & 0x0F)]));
 }
 
 /// RFC 3986 `unreserved`: ALPHA / DIGIT / `-` / `.` / `_` / `~`.

@@ -21,6 +21,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::answer::{self, Answer, Shape};
 use crate::config::{ClientAuthMethod, Introspection};
+use crate::percent::push_triplet;
 use crate::telemetry::trace::CallKind;
 use crate::token::fetch::{self, FetchError};
 use crate::token::jwks::IssuerKeys;
@@ -141,7 +142,6 @@ pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
 /// Appendix B asks): ASCII letters, digits and `*-._` stay, a space becomes `+`, every other
 /// byte of the UTF-8 text becomes `%XX`.
 pub(crate) fn form_urlencode(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len());
     for &byte in text.as_bytes() {
         match byte {
@@ -149,11 +149,7 @@ pub(crate) fn form_urlencode(text: &str) -> String {
                 out.push(char::from(byte));
             }
             b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(byte >> 4)]));
-                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-            }
+            _ => push_triplet(&mut out, byte),
         }
     }
     out
