@@ -59,12 +59,26 @@ impl fmt::Display for Host {
 impl Host {
     /// Canonicalizes a host: a `Host` header's or `:authority`'s text, or the configuration's.
     pub fn parse(text: &str) -> Result<Host, InvalidHost> {
-        let parsed = parse(text)?;
-        let canonical = parsed.canonical.unwrap_or_else(|| text.to_owned());
+        let (name, port_text) = split(text)?;
+        let port = port_text.map(parse_port).transpose()?;
+        let mut canonical = if let Some(inner) = name.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or(InvalidHost)?;
+            let addr: Ipv6Addr = inner.parse().map_err(|_| InvalidHost)?;
+            format!("[{addr}]")
+        } else {
+            let stripped = name.strip_suffix('.').unwrap_or(name);
+            check_name(stripped)?;
+            stripped.to_ascii_lowercase()
+        };
+        let name_len = canonical.len();
+        if let Some(port) = port {
+            canonical.push(':');
+            canonical.push_str(&port.to_string());
+        }
         Ok(Host {
             value: HeaderValue::try_from(canonical).map_err(|_| InvalidHost)?,
-            name_len: parsed.name_len,
-            port: parsed.port,
+            name_len,
+            port,
         })
     }
 
@@ -87,51 +101,6 @@ impl Host {
     pub fn port(&self) -> Option<u16> {
         self.port
     }
-}
-
-struct Parsed {
-    /// `None`: the input already is canonical.
-    canonical: Option<String>,
-    name_len: usize,
-    port: Option<u16>,
-}
-
-fn parse(text: &str) -> Result<Parsed, InvalidHost> {
-    let (name, port_text) = split(text)?;
-    let port = port_text.map(parse_port).transpose()?;
-    let canonical_port = port_text.is_none_or(|p| !p.starts_with('0'));
-    let (name_canonical, name_len) = if let Some(inner) = name.strip_prefix('[') {
-        let inner = inner.strip_suffix(']').ok_or(InvalidHost)?;
-        let addr: Ipv6Addr = inner.parse().map_err(|_| InvalidHost)?;
-        let shown = addr.to_string();
-        let len = shown.len() + 2;
-        ((shown != inner).then(|| format!("[{shown}]")), len)
-    } else {
-        let stripped = name.strip_suffix('.').unwrap_or(name);
-        check_name(stripped)?;
-        let lower = stripped.bytes().any(|b| b.is_ascii_uppercase());
-        let changed = lower || stripped.len() != name.len();
-        (
-            changed.then(|| stripped.to_ascii_lowercase()),
-            stripped.len(),
-        )
-    };
-    let canonical = match (name_canonical, canonical_port) {
-        (None, true) => None,
-        (name_text, _) => {
-            let mut out = name_text.unwrap_or_else(|| name.to_owned());
-            if let Some(port) = port {
-                out.push(':');
-                out.push_str(&port.to_string());
-            }
-            Some(out)
-        }
-    };
-    Ok(Parsed {
-        canonical,
-        name_len,
-        port,
-    })
 }
 
 /// `name` and the port text after the one `:` (IPv6 literals in brackets).
