@@ -44,7 +44,6 @@ mod client;
 mod phase;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -57,7 +56,7 @@ use crate::config::{self, OnError};
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
 use crate::rejection::Rejection;
-use crate::telemetry::metrics::{CacheResult, Metrics, UserinfoOutcome};
+use crate::telemetry::metrics::{CacheResult, Counts, Metrics, UserinfoOutcome};
 use crate::telemetry::trace;
 use crate::token::claims::{self, Claims};
 use crate::token::jwks::IssuerKeys;
@@ -150,35 +149,21 @@ pub struct UserinfoCounters {
 /// whose counters outlive reloads.
 #[derive(Default)]
 struct Stats {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    coalesced: AtomicU64,
-    ok: AtomicU64,
-    unauthorized: AtomicU64,
-    error: AtomicU64,
+    cache: Counts<CacheResult>,
+    calls: Counts<UserinfoOutcome>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl Stats {
     fn cache(&self, result: CacheResult) {
-        let counter = match result {
-            CacheResult::Hit => &self.hits,
-            CacheResult::Miss => &self.misses,
-            CacheResult::Coalesced => &self.coalesced,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.cache.inc(result);
         if let Some(m) = &self.metrics {
             m.userinfo_cache(result);
         }
     }
 
     fn call(&self, outcome: UserinfoOutcome) {
-        let counter = match outcome {
-            UserinfoOutcome::Ok => &self.ok,
-            UserinfoOutcome::Unauthorized => &self.unauthorized,
-            UserinfoOutcome::Error => &self.error,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.calls.inc(outcome);
         if let Some(m) = &self.metrics {
             m.userinfo_request(outcome);
         }
@@ -307,14 +292,13 @@ impl Userinfo {
     /// Current counter values.
     pub fn counters(&self) -> UserinfoCounters {
         let s = &self.stats;
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         UserinfoCounters {
-            hits: read(&s.hits),
-            misses: read(&s.misses),
-            coalesced: read(&s.coalesced),
-            ok: read(&s.ok),
-            unauthorized: read(&s.unauthorized),
-            error: read(&s.error),
+            hits: s.cache.get(CacheResult::Hit),
+            misses: s.cache.get(CacheResult::Miss),
+            coalesced: s.cache.get(CacheResult::Coalesced),
+            ok: s.calls.get(UserinfoOutcome::Ok),
+            unauthorized: s.calls.get(UserinfoOutcome::Unauthorized),
+            error: s.calls.get(UserinfoOutcome::Error),
         }
     }
 

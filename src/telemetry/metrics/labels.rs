@@ -163,13 +163,13 @@ fixed_label! {
 }
 
 /// One `AtomicU64` per value of `L`, allocated up front: counting is one relaxed add.
-pub(super) struct Counts<L: FixedLabel> {
+pub(crate) struct Counts<L: FixedLabel> {
     slots: Box<[AtomicU64]>,
     _label: PhantomData<L>,
 }
 
 impl<L: FixedLabel> Counts<L> {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Counts {
             slots: L::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             _label: PhantomData,
@@ -177,16 +177,22 @@ impl<L: FixedLabel> Counts<L> {
     }
 
     #[inline]
-    pub(super) fn inc(&self, value: L) {
+    pub(crate) fn inc(&self, value: L) {
         // `index` is always in range (one slot per variant); `get` keeps a mistake from panicking.
         if let Some(slot) = self.slots.get(value.index()) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(super) fn get(&self, value: L) -> u64 {
+    pub(crate) fn get(&self, value: L) -> u64 {
         self.slots
             .get(value.index())
             .map_or(0, |slot| slot.load(Ordering::Relaxed))
+    }
+}
+
+impl<L: FixedLabel> Default for Counts<L> {
+    fn default() -> Self {
+        Counts::new()
     }
 }

@@ -39,6 +39,7 @@ use prometheus_client::registry::Registry;
 use crate::reason::Reason;
 
 pub use histogram::BUCKETS_SECONDS;
+pub(crate) use labels::Counts;
 pub use labels::{
     CacheResult, DpopOutcome, FixedLabel, IntrospectionOutcome, Outcome, SharedStoreOp,
     UserinfoOutcome,

@@ -59,7 +59,7 @@ mod client;
 mod outcome;
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ use tokio::time::Instant;
 use crate::cache::{Flights, Joined, TtlCache};
 use crate::digest_hash::DigestHash;
 use crate::reason::Reason;
-use crate::telemetry::metrics::{CacheResult, IntrospectionOutcome, Metrics};
+use crate::telemetry::metrics::{CacheResult, Counts, IntrospectionOutcome, Metrics};
 use crate::telemetry::trace;
 use crate::token::claims::Claims;
 use crate::token::fetch;
@@ -118,35 +118,21 @@ const PURGE_PERIOD: Duration = Duration::from_secs(30);
 /// whose counters outlive reloads.
 #[derive(Default)]
 struct Stats {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    coalesced: AtomicU64,
-    active: AtomicU64,
-    inactive: AtomicU64,
-    error: AtomicU64,
+    cache: Counts<CacheResult>,
+    calls: Counts<IntrospectionOutcome>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl Stats {
     fn cache(&self, result: CacheResult) {
-        let counter = match result {
-            CacheResult::Hit => &self.hits,
-            CacheResult::Miss => &self.misses,
-            CacheResult::Coalesced => &self.coalesced,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.cache.inc(result);
         if let Some(m) = &self.metrics {
             m.introspection_cache(result);
         }
     }
 
     fn call(&self, outcome: IntrospectionOutcome) {
-        let counter = match outcome {
-            IntrospectionOutcome::Active => &self.active,
-            IntrospectionOutcome::Inactive => &self.inactive,
-            IntrospectionOutcome::Error => &self.error,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.calls.inc(outcome);
         if let Some(m) = &self.metrics {
             m.introspection_request(outcome);
         }
@@ -301,14 +287,13 @@ impl Introspector {
     /// Current counter values.
     pub fn counters(&self) -> IntrospectionCounters {
         let s = &self.stats;
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IntrospectionCounters {
-            hits: read(&s.hits),
-            misses: read(&s.misses),
-            coalesced: read(&s.coalesced),
-            active: read(&s.active),
-            inactive: read(&s.inactive),
-            error: read(&s.error),
+            hits: s.cache.get(CacheResult::Hit),
+            misses: s.cache.get(CacheResult::Miss),
+            coalesced: s.cache.get(CacheResult::Coalesced),
+            active: s.calls.get(IntrospectionOutcome::Active),
+            inactive: s.calls.get(IntrospectionOutcome::Inactive),
+            error: s.calls.get(IntrospectionOutcome::Error),
         }
     }
 
