@@ -204,6 +204,11 @@ async fn malformed_hosts_are_400_invalid_request_and_never_forwarded() {
         "[::1",
         "[zz::1]",
         "1.2.3",
+        // Hex IPv4 spellings (attack pass 8): URL parsers and `inet_aton` read each as 127.0.0.1.
+        "127.0.0.0x1",
+        "0x7f000001",
+        "0X7F000001:80",
+        "0x7f.0.0.0x1",
         "admin.example.com:65536",
         "admin.example.com:99999999999",
         "",
@@ -229,7 +234,12 @@ async fn malformed_authorities_over_http2_are_400_and_never_forwarded() {
     let f = start().await;
     let client = H2Client::connect(f.gate.addr).await;
     // Only values the `http` crate lets a client put in `:authority`.
-    for authority in ["admin..example.com", "admin.example.com..", "1.2.3"] {
+    for authority in [
+        "admin..example.com",
+        "admin.example.com..",
+        "1.2.3",
+        "127.0.0.0x1",
+    ] {
         let req = h2raw::request("GET", authority, "/admin/panel", &[]);
         let answer = client.send(req, Bytes::new()).await.expect("answer");
         assert_invalid_request(answer.status, &answer.body, authority);

@@ -10,9 +10,10 @@
 //! serve a virtual host the route check never saw.
 //!
 //! Choices where the SPEC is silent: `_` is accepted inside DNS labels (container and service
-//! names use it), a label may not start or end with `-`; a name whose last label is all digits
-//! must be a valid dotted-quad IPv4 address without leading zeros (`1.2.3`, `010.0.0.1` and `127.1`
-//! are refused: resolvers and URL parsers disagree on them); IPv6 zone identifiers are refused.
+//! names use it), a label may not start or end with `-`; a name whose last label is a number
+//! (all digits, or hex such as `0x1`) must be a valid dotted-quad IPv4 address without leading
+//! zeros (`1.2.3`, `010.0.0.1`, `127.1` and `127.0.0.0x1` are refused: URL parsers and resolvers
+//! read them as IPv4 addresses that routes never see); IPv6 zone identifiers are refused.
 //!
 //! Checking a host is a pure function of its text, so a connection remembers the first canonical
 //! host its requests named and does not check the same bytes again (`inbound::ConnInfo::host`).
@@ -136,7 +137,7 @@ fn check_name(name: &str) -> Result<(), InvalidHost> {
         return Err(InvalidHost);
     }
     let last = name.rsplit('.').next().unwrap_or(name);
-    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+    if ends_in_a_number(last) {
         return ipv4(name);
     }
     let label_ok = |label: &str| {
@@ -152,6 +153,16 @@ fn check_name(name: &str) -> Result<(), InvalidHost> {
         Ok(())
     } else {
         Err(InvalidHost)
+    }
+}
+
+/// WHATWG URL's "ends in a number" for the last label: all decimal digits, or a hex number
+/// (`0x`, `0x7f000001`). URL parsers and `inet_aton` read a name ending so as an IPv4 address in
+/// some notation (`127.0.0.0x1` is 127.0.0.1), so it must be a plain dotted quad or nothing.
+fn ends_in_a_number(last: &str) -> bool {
+    match last.as_bytes() {
+        [b'0', b'x' | b'X', hex @ ..] => hex.iter().all(u8::is_ascii_hexdigit),
+        digits => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
     }
 }
 
@@ -182,6 +193,8 @@ mod tests {
             "[::1]:8080",
             "my_service:3000",
             "a-b.c",
+            "0xdead.example.com",
+            "api.0xg",
         ] {
             assert_eq!(canonical(host).as_deref(), Ok(host), "{host}");
         }
@@ -236,6 +249,14 @@ mod tests {
             "256.0.0.1",
             "1.2.3.4.5",
             "example.123",
+            "127.0.0.0x1",
+            "0x7f000001",
+            "0X7F000001:80",
+            "0x7f000001.",
+            "0x7f.0.0.0x1",
+            "0x7f.0x1",
+            "api.0x",
+            "api.0xdead",
             "é.example.com",
         ] {
             assert_eq!(canonical(host), Err(InvalidHost), "{host:?} was accepted");
